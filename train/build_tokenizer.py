@@ -1,0 +1,105 @@
+"""Train a byte-level BPE tokenizer for MOON3 with the Qwen-VL special tokens and MOON3's own.
+
+    python -m train.build_tokenizer --data ../shared/data/fashion-product-images --vocab-size 8000 --out tok/
+
+No tokenizer can be downloaded here, so the shipped checkpoint and the tests train their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+# Order matters: ids 0..N-1 go to these, so `<|endoftext|>` (the pad token) is always id 0.
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+    "<think>",
+    "</think>",
+    "<emb>",
+]
+MOON3_TOKENS = {"think": "<think>", "think_end": "</think>", "emb": "<emb>"}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000):
+    """Train a byte-level BPE on `texts` and wrap it as a `PreTrainedTokenizerFast` with MOON3's special tokens.
+
+    Example:
+        >>> tokenizer = train_tokenizer(["Navy blue shirt", "Red dress"], vocab_size=300)
+        >>> tokenizer.convert_tokens_to_ids("<emb>") > 0
+        True
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 300:
+        raise ValueError(f"vocab_size must be >= 300 (256 bytes + special tokens), got {vocab_size}.")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return wrap_tokenizer(PreTrainedTokenizerFast(tokenizer_object=backend))
+
+
+def wrap_tokenizer(tokenizer):
+    """Give any tokenizer MOON3's special tokens and pad/eos settings (adds the missing ones)."""
+    missing = [token for token in SPECIAL_TOKENS if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    tokenizer.pad_token = tokenizer.pad_token or "<|endoftext|>"
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def catalogue_texts(data_dir: Path, split: str = "train") -> list[str]:
+    """Titles and attribute strings of the fashion catalogue's `split` rows (products.csv), plus catalog_44k.csv
+    rows of the same split rule when present."""
+    from train.moon3_code import processing_moon3
+
+    texts = []
+    for name in ("products.csv", "catalog_44k.csv"):
+        path = Path(data_dir) / name
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("split", split) != split:
+                    continue
+                texts.append(row.get("productDisplayName", ""))
+                texts.append(" ".join(f"{key}: {value}" for key, value in row.items() if key in processing_moon3.REASONING_FIELD_NAMES))
+    if not texts:
+        raise ValueError(f"No catalogue text found under {data_dir} (expected products.csv).")
+    return texts
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="fashion catalogue folder (has products.csv)")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size, special tokens included")
+    parser.add_argument("--out", type=Path, required=True, help="folder to save the tokenizer to")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
+    tokenizer = train_tokenizer(catalogue_texts(args.data), vocab_size=args.vocab_size)
+    tokenizer.save_pretrained(args.out)
+    print(f"saved a {len(tokenizer)}-token tokenizer to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
