@@ -88,8 +88,6 @@ class Moon3Processor(ProcessorMixin):
     ```
     """
 
-    image_processor_class = "AutoImageProcessor"
-    tokenizer_class = "AutoTokenizer"
     return_mm_token_type_ids = True
 
     def __init__(
