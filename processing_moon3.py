@@ -234,7 +234,13 @@ class Moon3Processor(ProcessorMixin):
             raise TypeError(
                 f"{field}: expected a path, bytes or PIL.Image.Image, got {type(source).__name__}."
             )
-        return _to_rgb(_bounded(image, self.max_image_side))
+        return _to_rgb(_bounded(image, self.max_image_side, self._max_aspect_ratio()))
+
+    def _max_aspect_ratio(self) -> float:
+        """Widest aspect ratio the image processor can keep under its `max_pixels` (each side >= one merged patch)."""
+        factor = self.image_processor.patch_size * self.image_processor.merge_size
+        max_pixels = self.image_processor.size["longest_edge"]
+        return max(1.0, min(100.0, max_pixels / factor**2))
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         """Expand one `<|image_pad|>` into one pad per merged visual token of image `image_idx`."""
@@ -362,15 +368,15 @@ def _open_image(source, field: str) -> Image.Image:
     return image
 
 
-def _bounded(image: Image.Image, max_side: int) -> Image.Image:
-    """Shrink images larger than `max_side` and pad extreme aspect ratios (the vision tower needs < 200:1)."""
+def _bounded(image: Image.Image, max_side: int, max_aspect: float) -> Image.Image:
+    """Shrink images larger than `max_side`; pad (white, bottom/right) aspect ratios wider than `max_aspect`."""
     width, height = image.size
     if max(width, height) > max_side:
         image = image.copy()
         image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
         width, height = image.size
-    if max(width, height) > 100 * min(width, height):
-        side = max(width, height) // 100 + 1
+    if max(width, height) > max_aspect * min(width, height):
+        side = int(max(width, height) / max_aspect) + 1
         canvas = Image.new(image.mode, (max(width, side), max(height, side)), _white(image.mode))
         canvas.paste(image, (0, 0))
         image = canvas

@@ -201,10 +201,7 @@ def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
     if unexpected or [key for key in missing if "lm_head" not in key]:
         raise ValueError(f"Backbone weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}.")
     model.backbone.tie_weights()
-    try:
-        image_processor = AutoImageProcessor.from_pretrained(backbone, backend="pil")
-    except (TypeError, ValueError, ImportError):
-        image_processor = build_image_processor(family)
+    image_processor = AutoImageProcessor.from_pretrained(backbone)  # the PIL backend when torchvision is absent
     processor = Moon3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
