@@ -7,7 +7,9 @@ Only the fixed test split is used for evaluation (split = test when sha256(str(i
 version has no split column, so the same rule is applied). Queries are built so that no query is its own answer
 in the gallery: text→image / image→text cross modalities; text→product queries are attribute paraphrases
 ("navy blue shirts by turtle for men"), never a title; image→product galleries hold title + attributes without
-photos; attribute queries ("men navy blue casual shirts") have every matching product as a positive.
+photos; attribute queries ("men navy blue casual shirts") have every matching product as a positive. The galleries
+of the two attribute-derived query sets show title + photo but not the attribute fields, so a model must read the
+title and the photo rather than string-match the structured fields the queries were generated from.
 """
 
 from __future__ import annotations
@@ -135,11 +137,12 @@ def build_query_sets(products: list[dict], max_queries: int, seed: int) -> dict:
     return {
         "text2image": ({"gallery_view": "image", "description": "title -> photo"}, _cap(text2image, max_queries, seed)),
         "image2text": ({"gallery_view": "title", "description": "photo -> title"}, _cap(image2text, max_queries, seed)),
-        "text2product": ({"gallery_view": "product", "description": "attribute paraphrase with brand -> product"},
+        "text2product": ({"gallery_view": "title_image", "description": "attribute paraphrase with brand -> product"},
                          _cap(text2product, max_queries, seed)),
         "image2product": ({"gallery_view": "product_text", "description": "photo -> product text (no photos)"},
                           _cap(image2product, max_queries, seed)),
-        "attribute_queries": ({"gallery_view": "product", "description": "gender colour usage type -> all matches"},
+        "attribute_queries": ({"gallery_view": "title_image",
+                               "description": "gender colour usage type -> all matches"},
                               _cap(attribute, max_queries, seed)),
     }
 

@@ -30,10 +30,12 @@ FORMAT_NAME = "moon3-bench"
 FORMAT_VERSION = 1
 
 # How a product is shown to the model. `product` = the full record; `product_text` = title + attributes, no image
-# (used when the query is the product's own photo); `title` = the title as plain text; `image` = the first photo.
-VIEWS = ("product", "product_text", "title", "image")
+# (used when the query is the product's own photo); `title_image` = title + photos, no attributes (used when the
+# query is derived from the attributes); `title` = the title as plain text; `image` = the first photo.
+VIEWS = ("product", "product_text", "title_image", "title", "image")
 # Modalities an encoder must support to encode a view. Products degrade to text for text-only models.
-VIEW_MODALITIES = {"product": {"text"}, "product_text": {"text"}, "title": {"text"}, "image": {"image"}}
+VIEW_MODALITIES = {"product": {"text"}, "product_text": {"text"}, "title_image": {"text"}, "title": {"text"},
+                   "image": {"image"}}
 LABEL_KINDS = ("category", "attribute")
 
 
@@ -106,16 +108,18 @@ def product_view(product: dict, view: str, root: Path) -> dict:
         return {"text": product["title"], "image": None}
     if view == "image":
         return {"text": None, "image": images[0]}
-    record = {"id": product["id"], "title": product["title"], "attributes": dict(product.get("attributes", {}))}
+    attributes = {} if view == "title_image" else dict(product.get("attributes", {}))
+    record = {"id": product["id"], "title": product["title"], "attributes": attributes}
     if product.get("description"):
         record["description"] = product["description"]
-    record["images"] = images if view == "product" else []
+    record["images"] = [] if view == "product_text" else images
     return record
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
+def _read_jsonl(root: Path, rel: str) -> list[tuple[int, dict]]:
+    path = root / rel
     if not path.is_file():
-        _fail(path, None, "file", "the file does not exist", "run the converter again or fix the manifest entry")
+        _fail(rel, None, "file", "the file does not exist", "run the converter again or fix the manifest entry")
     rows = []
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -123,9 +127,9 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            _fail(path.name, line_no, "<json>", f"invalid JSON ({e.msg})", "write one JSON object per line")
+            _fail(rel, line_no, "<json>", f"invalid JSON ({e.msg})", "write one JSON object per line")
         if not isinstance(row, dict):
-            _fail(path.name, line_no, "<json>", f"expected an object, got {type(row).__name__}", "one object a line")
+            _fail(rel, line_no, "<json>", f"expected an object, got {type(row).__name__}", "one object a line")
         rows.append((line_no, row))
     return rows
 
@@ -198,9 +202,8 @@ def _load_query_set(data: BenchData, name: str, spec: dict) -> QuerySet:
     gallery_ids = {p["id"] for p in data.gallery(qs.gallery_group)}
     if not gallery_ids:
         _fail(where, None, "gallery_group", f"no product has group {qs.gallery_group!r}", "fix the group name")
-    path = data.root / spec["file"]
     seen = set()
-    for row, q in _read_jsonl(path):
+    for row, q in _read_jsonl(data.root, spec["file"]):
         _validate_query(spec["file"], row, q, data, qs, gallery_ids)
         if q["id"] in seen:
             _fail(spec["file"], row, "id", f"duplicate query id {q['id']!r}", "make query ids unique")
@@ -217,7 +220,7 @@ def _load_label_set(data: BenchData, name: str, spec: dict) -> LabelSet:
     if not isinstance(views, list) or not views or any(v not in VIEWS for v in views):
         _fail(where, None, "views", f"got {views!r}", f"use a non-empty list drawn from {list(VIEWS)}")
     rows = []
-    for row, r in _read_jsonl(data.root / spec.get("file", f"labels/{name}.jsonl")):
+    for row, r in _read_jsonl(data.root, spec["file"]):
         pid = _need_str(spec["file"], row, r, "product_id")
         _need_str(spec["file"], row, r, "label")
         if pid not in data.index:
@@ -263,7 +266,7 @@ def load_bench_data(root: str | Path, check_images: bool = True) -> BenchData:
               "convert the data again with this version of benchmarks/")
     manifest.setdefault("products", "products.jsonl")
     products, seen = [], set()
-    for row, p in _read_jsonl(root / manifest["products"]):
+    for row, p in _read_jsonl(root, manifest["products"]):
         _validate_product(manifest["products"], row, p, root, check_images)
         if p["id"] in seen:
             _fail(manifest["products"], row, "id", f"duplicate product id {p['id']!r}", "make product ids unique")
