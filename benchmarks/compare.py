@@ -1,6 +1,7 @@
 """Print several results.json files side by side as a Markdown table.
 
-    python -m benchmarks.compare runs/bench/random/results.json runs/bench/bm25/results.json runs/bench/minilm/results.json
+    python -m benchmarks.compare runs/bench/random/results.json runs/bench/bm25/results.json \
+        runs/bench/minilm/results.json
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def compare_table(runs: list[dict], suffixes: list[str] | None = None, show_all:
                 if not key.startswith(task + "/") or key in keys:
                     continue
                 metric = key[len(task) + 1:]
-                if show_all or (suffixes and metric in suffixes) or (not suffixes and metric == info["primary_metric"]):
+                wanted = metric in suffixes if suffixes else metric == info["primary_metric"]
+                if show_all or wanted:
                     keys.append(key)
     header = "| metric | " + " | ".join(r["model"]["name"] for r in runs) + " |"
     lines = [header, "|---|" + "---:|" * len(runs)]

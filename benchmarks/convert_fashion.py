@@ -135,8 +135,10 @@ def build_query_sets(products: list[dict], max_queries: int, seed: int) -> dict:
     attribute = [{"id": f"attr-{i}", "text": t, "positives": ids}
                  for i, (t, ids) in enumerate(sorted(_grouped(products, combo).items())) if len(ids) >= 2]
     return {
-        "text2image": ({"gallery_view": "image", "description": "title -> photo"}, _cap(text2image, max_queries, seed)),
-        "image2text": ({"gallery_view": "title", "description": "photo -> title"}, _cap(image2text, max_queries, seed)),
+        "text2image": ({"gallery_view": "image", "description": "title -> photo"},
+                       _cap(text2image, max_queries, seed)),
+        "image2text": ({"gallery_view": "title", "description": "photo -> title"},
+                       _cap(image2text, max_queries, seed)),
         "text2product": ({"gallery_view": "title_image", "description": "attribute paraphrase with brand -> product"},
                          _cap(text2product, max_queries, seed)),
         "image2product": ({"gallery_view": "product_text", "description": "photo -> product text (no photos)"},

@@ -151,7 +151,7 @@ def _validate_product(file, row, p, root: Path, check_images: bool) -> dict:
         _fail(file, row, "attributes", f"expected an object of strings, got {attrs!r}", 'use {"colour": "Navy Blue"}')
     images = p.setdefault("images", [])
     if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
-        _fail(file, row, "images", f"expected a list of paths, got {images!r}", "list image paths relative to the folder")
+        _fail(file, row, "images", f"expected a list of paths, got {images!r}", "list paths relative to the folder")
     if check_images:
         for image in images:
             if not (root / image).is_file():

@@ -62,7 +62,8 @@ def plot_recall_curves(results: dict, path: Path) -> Path | None:
             axis.plot([k for k, _ in points], [v for _, v in points], marker="o", label=name)
             drawn += 1
     if drawn:
-        axis.set(xscale="log", xlabel="K", ylabel="Recall@K", ylim=(0, 1.02), title=f"Recall@K: {results['model']['name']}")
+        axis.set(xscale="log", xlabel="K", ylabel="Recall@K", ylim=(0, 1.02),
+                 title=f"Recall@K: {results['model']['name']}")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
         _save_figure(figure, path)

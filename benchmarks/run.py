@@ -16,7 +16,7 @@ import logging
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
     load_seconds = time.perf_counter() - started
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     datasets = [load_bench_data(path) for path in args.data]
-    tasks = [t for data in datasets for t in build_tasks(data, args.tasks, cache=cache, show_progress=not
-                                                          args.no_progress, max_block_elements=args.max_block_elements)]
+    task_options = {"cache": cache, "show_progress": not args.no_progress,
+                    "max_block_elements": args.max_block_elements}
+    tasks = [t for data in datasets for t in build_tasks(data, args.tasks, **task_options)]
     if not tasks:
         raise ValueError(f"--tasks {args.tasks} selects no task in {[str(p) for p in args.data]}; use a family "
                          "(retrieval, classification, attributes) or a query/label set name from manifest.json")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         "data": [{"name": d.name, "path": str(d.root), "hash": d.hash} for d in datasets],
         "seed": args.seed,
         "versions": library_versions(),
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
         "timings": {"load_model_s": round(load_seconds, 3), "total_s": round(time.perf_counter() - started, 3),
                     "cache_hits": cache.hits if cache else 0, "cache_misses": cache.misses if cache else 0},

@@ -23,7 +23,8 @@ def fashion_rows(image_dir: Path, n: int = 24) -> list[dict]:
 
     image_dir.mkdir(parents=True, exist_ok=True)
     rows, product_id = [], 1000
-    types = [("Apparel", "Topwear", "Shirts"), ("Footwear", "Shoes", "Casual Shoes"), ("Accessories", "Bags", "Handbags")]
+    types = [("Apparel", "Topwear", "Shirts"), ("Footwear", "Shoes", "Casual Shoes"),
+             ("Accessories", "Bags", "Handbags")]
     while len(rows) < n:
         product_id += 1
         if split_of(product_id) != "test":
@@ -65,7 +66,8 @@ def tiny_abt_buy_source(tmp_path) -> Path:
         f'{i},{n},"{n} with extras",{i}.0\n' for i, n in enumerate(names)))
     b_names = ["Sony PS-LX350H Turntable", "Bose AM5 speaker system", "Canon PowerShot SD1100 IS", "iPod nano 8 GB",
                "Panasonic DVD-S29", "Linksys Router", "Sony PSLX350H belt turntable"]
-    (src / "tableB.csv").write_text("id,name,description,price\n" + "".join(f"{i},{n},,\n" for i, n in enumerate(b_names)))
+    rows_b = "".join(f"{i},{n},,\n" for i, n in enumerate(b_names))
+    (src / "tableB.csv").write_text("id,name,description,price\n" + rows_b)
     (src / "matches.csv").write_text("tableA_id,tableB_id\n0,0\n0,6\n1,1\n2,2\n3,3\n")
     return src
 

@@ -5,8 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks.metrics import (accuracy, average_precision, macro_f1, mrr, ndcg_at_k, positive_ranks, recall_at_k,
-                                retrieval_metrics)
+from benchmarks.metrics import (
+    accuracy,
+    average_precision,
+    macro_f1,
+    mrr,
+    ndcg_at_k,
+    positive_ranks,
+    recall_at_k,
+    retrieval_metrics,
+)
 
 
 def test_positive_ranks_break_ties_by_lower_index():
