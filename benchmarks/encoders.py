@@ -219,10 +219,10 @@ class SentenceTransformerEncoder(Encoder):
                                  convert_to_numpy=True, show_progress_bar=show_progress), dtype=np.float32)
 
     def encode_queries(self, items, show_progress=False):
-        return self._encode(getattr(self.model, "encode_query", self.model.encode), items, show_progress)
+        return self._encode(getattr(self.model, "encode_query", None) or self.model.encode, items, show_progress)
 
     def encode_documents(self, items, show_progress=False):
-        return self._encode(getattr(self.model, "encode_document", self.model.encode), items, show_progress)
+        return self._encode(getattr(self.model, "encode_document", None) or self.model.encode, items, show_progress)
 
 
 def _weights_revision(model_name_or_path: str) -> str | None:

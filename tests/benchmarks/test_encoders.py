@@ -54,3 +54,45 @@ def test_minilm_is_text_only_and_reports_na_for_images(tiny_fashion):
     assert all(v is None for v in RetrievalTask(data, "image2text")(model).values())
     metrics = RetrievalTask(data, "text2product")(model)
     assert metrics["fashion/retrieval/text2product/recall@10"] > 0.5
+
+
+class _FakeMultimodalModel:
+    """Stands in for SentenceTransformer(moon3, trust_remote_code=True): records what it is given."""
+
+    modalities = ["text", "image", "message"]
+
+    def __init__(self):
+        self.calls = []
+
+    def _encode(self, side, inputs, **kwargs):
+        self.calls.append((side, inputs))
+        return np.ones((len(inputs), 4), dtype=np.float32) / 2
+
+    def encode_query(self, inputs, **kwargs):
+        return self._encode("query", inputs, **kwargs)
+
+    def encode_document(self, inputs, **kwargs):
+        return self._encode("document", inputs, **kwargs)
+
+
+def test_multimodal_model_gets_dicts_records_and_images_unflattened(tiny_fashion):
+    from PIL import Image
+
+    from benchmarks.encoders import MODALITIES, SentenceTransformerEncoder
+
+    data = load_bench_data(tiny_fashion)
+    encoder = SentenceTransformerEncoder.__new__(SentenceTransformerEncoder)
+    encoder.model, encoder.batch_size, encoder.name, encoder.revision = _FakeMultimodalModel(), 2, "fake", None
+    encoder.modalities = frozenset(encoder.model.modalities) & MODALITIES
+    image = data.resolve(data.products[0]["images"][0])
+    encoder.encode_queries([{"text": "red shirt", "image": None}, {"text": None, "image": image},
+                            {"text": "red", "image": image}])
+    side, inputs = encoder.model.calls[-1]
+    assert side == "query" and inputs[0] == "red shirt" and isinstance(inputs[1], Image.Image)
+    assert inputs[2]["text"] == "red" and isinstance(inputs[2]["image"], Image.Image)
+    record = {"id": "1", "title": "Red Shirt", "attributes": {"gender": "Men"}, "images": [image]}
+    encoder.encode_documents([record])
+    side, inputs = encoder.model.calls[-1]
+    assert side == "document" and inputs[0]["title"] == "Red Shirt" and inputs[0]["attributes"] == {"gender": "Men"}
+    assert isinstance(inputs[0]["images"][0], Image.Image)
+    assert not RetrievalTask(data, "text2image").missing_modalities(encoder)
