@@ -1,0 +1,57 @@
+"""On-disk embedding cache keyed by (model cache key, data hash, side, task, items hash); atomic writes.
+
+Example:
+    >>> import numpy as np
+    >>> cache = EmbeddingCache("/tmp/moon3-bench-doctest")
+    >>> cache.get_or_compute("m@1", "d", "query", "t", [{"text": "a"}], lambda: np.ones((1, 2), np.float32)).shape
+    (1, 2)
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .io_utils import atomic_write_bytes, sha256_json
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path("~/.cache/moon3-bench").expanduser()
+
+
+class EmbeddingCache:
+    """Stores each embedding matrix as `<root>/<model slug>/<key>.npy`. A None model key bypasses the cache."""
+
+    def __init__(self, root: str | Path = DEFAULT_CACHE_DIR):
+        self.root = Path(root).expanduser()
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, model_key: str, data_hash: str, side: str, task: str, items: list[dict]) -> Path:
+        key = sha256_json([model_key, data_hash, side, task, sha256_json(items)])
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_key)[:80]
+        return self.root / slug / f"{key[:40]}.npy"
+
+    def get_or_compute(self, model_key: str | None, data_hash: str, side: str, task: str, items: list[dict],
+                       compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """Return the cached array for this key, or compute, store and return it."""
+        if model_key is None:
+            return compute()
+        path = self.path(model_key, data_hash, side, task, items)
+        if path.is_file():
+            array = np.load(path)
+            if array.shape[0] == len(items):
+                self.hits += 1
+                return array
+            logger.warning("Ignoring cache file %s: %d rows for %d items", path, array.shape[0], len(items))
+        self.misses += 1
+        array = compute()
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        atomic_write_bytes(path, buffer.getvalue())
+        return array

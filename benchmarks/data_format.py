@@ -1,0 +1,305 @@
+"""The MOON3 benchmark data folder: load it, validate it, hash it, and turn its products into encoder inputs.
+
+Layout (format version 1; benchmarks/README.md is the reference)::
+
+    <dir>/manifest.json            {"format": "moon3-bench", "version": 1, "name": ..., "products": "products.jsonl",
+                                    "query_sets": {name: {...}}, "label_sets": {name: {...}}}
+    <dir>/products.jsonl           {"id", "title", "attributes": {k: v}, "images": [path], "category": [level, ...],
+                                    "description"?, "group"?}
+    <dir>/queries/<name>.jsonl     {"id", "text"?, "image"?, "product_id"?, "positives": [product id, ...]}
+    <dir>/labels/<name>.jsonl      {"product_id", "label"}
+
+Image paths are relative to the folder (absolute paths also work). Every error names the file, the row (1-based
+line number) and the field, and says how to fix it.
+
+Example:
+    >>> from benchmarks.data_format import load_bench_data
+    >>> data = load_bench_data("runs/data/fashion")  # doctest: +SKIP
+    >>> data.name, len(data.products), sorted(data.query_sets)  # doctest: +SKIP
+    ('fashion', 993, ['attribute_queries', 'image2product', 'image2text', 'text2image', 'text2product'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT_NAME = "moon3-bench"
+FORMAT_VERSION = 1
+
+# How a product is shown to the model. `product` = the full record; `product_text` = title + attributes, no image
+# (used when the query is the product's own photo); `title_image` = title + photos, no attributes (used when the
+# query is derived from the attributes); `title` = the title as plain text; `image` = the first photo.
+VIEWS = ("product", "product_text", "title_image", "title", "image")
+# Modalities an encoder must support to encode a view. Products degrade to text for text-only models.
+VIEW_MODALITIES = {"product": {"text"}, "product_text": {"text"}, "title_image": {"text"}, "title": {"text"},
+                   "image": {"image"}}
+LABEL_KINDS = ("category", "attribute")
+
+
+class DataFormatError(ValueError):
+    """A benchmark data folder that does not follow the documented format."""
+
+
+def _fail(file: Path | str, row: int | None, field_name: str, problem: str, fix: str):
+    where = f"{file}" if row is None else f"{file}, row {row}"
+    raise DataFormatError(f"{where}, field '{field_name}': {problem}. Fix: {fix}")
+
+
+@dataclass
+class QuerySet:
+    """Queries with their positives. `query_view` is set when queries are products (`product_id`)."""
+
+    name: str
+    queries: list[dict]
+    gallery_view: str
+    query_view: str | None = None
+    gallery_group: str | None = None
+    description: str = ""
+
+
+@dataclass
+class LabelSet:
+    """Gold labels of one field (a category level or an attribute) for zero-shot prediction."""
+
+    name: str
+    kind: str
+    views: list[str]
+    rows: list[dict]
+    classes: list[str]
+    description: str = ""
+
+
+@dataclass
+class BenchData:
+    """A loaded and validated data folder."""
+
+    root: Path
+    name: str
+    manifest: dict
+    products: list[dict]
+    query_sets: dict[str, QuerySet] = field(default_factory=dict)
+    label_sets: dict[str, LabelSet] = field(default_factory=dict)
+    hash: str = ""
+
+    def __post_init__(self):
+        self.index = {p["id"]: i for i, p in enumerate(self.products)}
+
+    def gallery(self, group: str | None) -> list[dict]:
+        """Products of one group (all products when `group` is None), in file order."""
+        return [p for p in self.products if group is None or p.get("group") == group]
+
+    def resolve(self, path: str) -> str:
+        """Absolute path of an image named in the folder."""
+        return str((self.root / path).resolve())
+
+
+def product_view(product: dict, view: str, root: Path) -> dict:
+    """Turn a product record into an encoder input for `view` (see VIEWS); image paths become absolute.
+
+    Example:
+        >>> product_view({"id": "1", "title": "Red Shirt", "attributes": {}, "images": ["a.jpg"]}, "title", Path("/d"))
+        {'text': 'Red Shirt', 'image': None}
+    """
+    images = [str((root / p).resolve()) for p in product.get("images", [])]
+    if view == "title":
+        return {"text": product["title"], "image": None}
+    if view == "image":
+        return {"text": None, "image": images[0]}
+    attributes = {} if view == "title_image" else dict(product.get("attributes", {}))
+    record = {"id": product["id"], "title": product["title"], "attributes": attributes}
+    if product.get("description"):
+        record["description"] = product["description"]
+    record["images"] = [] if view == "product_text" else images
+    return record
+
+
+def _read_jsonl(root: Path, rel: str) -> list[tuple[int, dict]]:
+    path = root / rel
+    if not path.is_file():
+        _fail(rel, None, "file", "the file does not exist", "run the converter again or fix the manifest entry")
+    rows = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            _fail(rel, line_no, "<json>", f"invalid JSON ({e.msg})", "write one JSON object per line")
+        if not isinstance(row, dict):
+            _fail(rel, line_no, "<json>", f"expected an object, got {type(row).__name__}", "one object a line")
+        rows.append((line_no, row))
+    return rows
+
+
+def _need_str(file, row, obj, key, optional=False):
+    value = obj.get(key)
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        _fail(file, row, key, f"expected a non-empty string, got {value!r}", f"give every row a string '{key}'")
+    return value
+
+
+def _validate_product(file, row, p, root: Path, check_images: bool) -> dict:
+    _need_str(file, row, p, "id")
+    _need_str(file, row, p, "title")
+    attrs = p.setdefault("attributes", {})
+    if not isinstance(attrs, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()):
+        _fail(file, row, "attributes", f"expected an object of strings, got {attrs!r}", 'use {"colour": "Navy Blue"}')
+    images = p.setdefault("images", [])
+    if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+        _fail(file, row, "images", f"expected a list of paths, got {images!r}", "list paths relative to the folder")
+    if check_images:
+        for image in images:
+            if not (root / image).is_file():
+                _fail(file, row, "images", f"image {image!r} not found under {root}", "copy the image or fix the path")
+    category = p.setdefault("category", [])
+    if not isinstance(category, list) or not all(isinstance(x, str) for x in category):
+        _fail(file, row, "category", f"expected a list of strings, got {category!r}", 'use ["Apparel", "Topwear"]')
+    _need_str(file, row, p, "description", optional=True)
+    _need_str(file, row, p, "group", optional=True)
+    return p
+
+
+def _validate_query(file, row, q, data: BenchData, spec: QuerySet, gallery_ids: set[str]) -> dict:
+    _need_str(file, row, q, "id")
+    has_product = q.get("product_id") is not None
+    if has_product:
+        if q["product_id"] not in data.index:
+            _fail(file, row, "product_id", f"unknown product {q['product_id']!r}", "use an id from products.jsonl")
+        if spec.query_view is None:
+            _fail(file, row, "product_id", "the query set has no 'query_view'", "set query_view in manifest.json")
+    else:
+        text = _need_str(file, row, q, "text", optional=True)
+        image = _need_str(file, row, q, "image", optional=True)
+        if text is None and image is None:
+            _fail(file, row, "text", "the query has no text, image or product_id", "give at least one of them")
+        if image is not None and not (data.root / image).is_file():
+            _fail(file, row, "image", f"image {image!r} not found under {data.root}", "copy the image or fix the path")
+    positives = q.get("positives")
+    if not isinstance(positives, list) or not positives or not all(isinstance(x, str) for x in positives):
+        _fail(file, row, "positives", f"expected a non-empty list of product ids, got {positives!r}", "list ids")
+    for pid in positives:
+        if pid not in gallery_ids:
+            _fail(file, row, "positives", f"{pid!r} is not in the gallery (group {spec.gallery_group!r})",
+                  "list only ids of products in the query set's gallery group")
+    return q
+
+
+def _load_query_set(data: BenchData, name: str, spec: dict) -> QuerySet:
+    where = f"manifest.json query_sets.{name}"
+    for key in ("file", "gallery_view"):
+        if not isinstance(spec.get(key), str):
+            _fail(where, None, key, f"missing or not a string: {spec.get(key)!r}", f"set '{key}'")
+    for key in ("gallery_view", "query_view"):
+        if spec.get(key) is not None and spec[key] not in VIEWS:
+            _fail(where, None, key, f"unknown view {spec[key]!r}", f"use one of {list(VIEWS)}")
+    qs = QuerySet(name=name, queries=[], gallery_view=spec["gallery_view"], query_view=spec.get("query_view"),
+                  gallery_group=spec.get("gallery_group"), description=spec.get("description", ""))
+    gallery_ids = {p["id"] for p in data.gallery(qs.gallery_group)}
+    if not gallery_ids:
+        _fail(where, None, "gallery_group", f"no product has group {qs.gallery_group!r}", "fix the group name")
+    seen = set()
+    for row, q in _read_jsonl(data.root, spec["file"]):
+        _validate_query(spec["file"], row, q, data, qs, gallery_ids)
+        if q["id"] in seen:
+            _fail(spec["file"], row, "id", f"duplicate query id {q['id']!r}", "make query ids unique")
+        seen.add(q["id"])
+        qs.queries.append(q)
+    return qs
+
+
+def _load_label_set(data: BenchData, name: str, spec: dict) -> LabelSet:
+    where = f"manifest.json label_sets.{name}"
+    if spec.get("kind") not in LABEL_KINDS:
+        _fail(where, None, "kind", f"got {spec.get('kind')!r}", f"use one of {list(LABEL_KINDS)}")
+    views = spec.get("views", ["image"])
+    if not isinstance(views, list) or not views or any(v not in VIEWS for v in views):
+        _fail(where, None, "views", f"got {views!r}", f"use a non-empty list drawn from {list(VIEWS)}")
+    rows = []
+    for row, r in _read_jsonl(data.root, spec["file"]):
+        pid = _need_str(spec["file"], row, r, "product_id")
+        _need_str(spec["file"], row, r, "label")
+        if pid not in data.index:
+            _fail(spec["file"], row, "product_id", f"unknown product {pid!r}", "use an id from products.jsonl")
+        rows.append(r)
+    classes = spec.get("classes") or sorted({r["label"] for r in rows})
+    unknown = {r["label"] for r in rows} - set(classes)
+    if unknown:
+        _fail(where, None, "classes", f"labels {sorted(unknown)} are not listed", "add them to 'classes'")
+    return LabelSet(name=name, kind=spec["kind"], views=views, rows=rows, classes=list(classes),
+                    description=spec.get("description", ""))
+
+
+def data_hash(root: Path, manifest: dict, products: list[dict]) -> str:
+    """sha256 over manifest.json, every referenced .jsonl file and each image's path and size (not its bytes)."""
+    digest = hashlib.sha256((root / "manifest.json").read_bytes())
+    files = [manifest["products"]] + [s["file"] for s in manifest.get("query_sets", {}).values()]
+    files += [s["file"] for s in manifest.get("label_sets", {}).values()]
+    for rel in files:
+        digest.update(rel.encode() + b"\0" + (root / rel).read_bytes())
+    for p in products:
+        for image in p["images"]:
+            size = (root / image).stat().st_size if (root / image).exists() else -1
+            digest.update(f"{image}\0{size}\0".encode())
+    return digest.hexdigest()
+
+
+def load_bench_data(root: str | Path, check_images: bool = True) -> BenchData:
+    """Load and validate a data folder; raise DataFormatError naming file, row and field on the first problem."""
+    root = Path(root)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        _fail(manifest_path, None, "file", "not found", "point --data at a folder written by a benchmarks converter")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        _fail("manifest.json", e.lineno, "<json>", f"invalid JSON ({e.msg})", "fix the JSON syntax")
+    if manifest.get("format") != FORMAT_NAME:
+        _fail("manifest.json", None, "format", f"expected {FORMAT_NAME!r}, got {manifest.get('format')!r}",
+              "write manifests with a benchmarks converter")
+    if manifest.get("version") != FORMAT_VERSION:
+        _fail("manifest.json", None, "version", f"expected {FORMAT_VERSION}, got {manifest.get('version')!r}",
+              "convert the data again with this version of benchmarks/")
+    manifest.setdefault("products", "products.jsonl")
+    products, seen = [], set()
+    for row, p in _read_jsonl(root, manifest["products"]):
+        _validate_product(manifest["products"], row, p, root, check_images)
+        if p["id"] in seen:
+            _fail(manifest["products"], row, "id", f"duplicate product id {p['id']!r}", "make product ids unique")
+        seen.add(p["id"])
+        products.append(p)
+    data = BenchData(root=root, name=manifest.get("name", root.name), manifest=manifest, products=products)
+    for name, spec in manifest.get("query_sets", {}).items():
+        data.query_sets[name] = _load_query_set(data, name, spec)
+    for name, spec in manifest.get("label_sets", {}).items():
+        spec.setdefault("file", f"labels/{name}.jsonl")
+        data.label_sets[name] = _load_label_set(data, name, spec)
+    data.hash = data_hash(root, manifest, products)
+    return data
+
+
+def write_bench_data(root: str | Path, name: str, products: list[dict], query_sets: dict[str, tuple[dict, list]],
+                     label_sets: dict[str, tuple[dict, list]], extra: dict | None = None) -> Path:
+    """Write a data folder atomically file by file; manifest.json goes last, so a crash leaves no valid folder.
+
+    `query_sets` / `label_sets` map a name to (manifest spec without 'file', rows).
+    """
+    from .io_utils import atomic_write_json, atomic_write_jsonl
+
+    root = Path(root)
+    (root / "manifest.json").unlink(missing_ok=True)
+    atomic_write_jsonl(root / "products.jsonl", products)
+    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "name": name, "products": "products.jsonl",
+                "query_sets": {}, "label_sets": {}, **(extra or {})}
+    for qname, (spec, rows) in query_sets.items():
+        atomic_write_jsonl(root / "queries" / f"{qname}.jsonl", rows)
+        manifest["query_sets"][qname] = {**spec, "file": f"queries/{qname}.jsonl"}
+    for lname, (spec, rows) in label_sets.items():
+        atomic_write_jsonl(root / "labels" / f"{lname}.jsonl", rows)
+        manifest["label_sets"][lname] = {**spec, "file": f"labels/{lname}.jsonl"}
+    atomic_write_json(root / "manifest.json", manifest)
+    return root

@@ -1,0 +1,82 @@
+"""End to end: benchmarks.run main() with the random encoder, the cache, atomic outputs, and compare."""
+
+import json
+
+import pytest
+
+from benchmarks import build_tasks
+from benchmarks.data_format import load_bench_data
+
+
+def _run(tiny_fashion, tiny_abt_buy, tmp_path, model="random", extra=()):
+    from benchmarks.run import main
+
+    out = tmp_path / f"out-{model}"
+    results = main(["--model", model, "--data", str(tiny_fashion), str(tiny_abt_buy), "--out", str(out),
+                    "--cache-dir", str(tmp_path / "cache"), "--no-progress", *extra])
+    return out, results
+
+
+def test_run_writes_json_markdown_and_plots(tiny_fashion, tiny_abt_buy, tmp_path):
+    out, results = _run(tiny_fashion, tiny_abt_buy, tmp_path)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["metrics"] == results["metrics"]
+    assert saved["model"]["name"] == "random" and saved["seed"] == 0
+    assert {d["name"] for d in saved["data"]} == {"fashion", "abt-buy"}
+    assert "fashion/retrieval/text2image/recall@1" in saved["metrics"]
+    assert "abt-buy/retrieval/matching/mrr" in saved["metrics"]
+    assert saved["versions"]["numpy"] and saved["timings"]["total_s"] > 0
+    assert "| fashion/retrieval/text2image |" in (out / "results.md").read_text()
+    for png in ("recall_at_k.png", "primary_metrics.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_second_run_hits_the_cache_with_same_metrics(tiny_fashion, tiny_abt_buy, tmp_path):
+    _, first = _run(tiny_fashion, tiny_abt_buy, tmp_path)
+    _, second = _run(tiny_fashion, tiny_abt_buy, tmp_path)
+    assert second["timings"]["cache_misses"] == 0 and second["timings"]["cache_hits"] > 0
+    assert first["metrics"] == second["metrics"]
+
+
+def test_text_only_model_reports_null_not_zero(tiny_fashion, tiny_abt_buy, tmp_path):
+    out, results = _run(tiny_fashion, tiny_abt_buy, tmp_path, model="bm25")
+    assert results["metrics"]["fashion/retrieval/text2image/recall@1"] is None
+    assert results["tasks"]["fashion/retrieval/text2image"]["status"] == "n/a"
+    assert "n/a" in (out / "results.md").read_text()
+
+
+def test_task_selection_by_family_and_name(tiny_fashion):
+    data = load_bench_data(tiny_fashion)
+    assert {t.family for t in build_tasks(data, ["attributes"])} == {"attributes"}
+    assert [t.name for t in build_tasks(data, ["text2image"])] == ["fashion/retrieval/text2image"]
+
+
+def test_crashed_run_leaves_no_results_file(tiny_fashion, tiny_abt_buy, tmp_path, monkeypatch):
+    from benchmarks.tasks.zero_shot import ZeroShotTask
+
+    def crash(self, model):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ZeroShotTask, "evaluate", crash)
+    with pytest.raises(RuntimeError, match="boom"):
+        _run(tiny_fashion, tiny_abt_buy, tmp_path)
+    assert not (tmp_path / "out-random").exists() or not list((tmp_path / "out-random").iterdir())
+
+
+def test_compare_prints_side_by_side(tiny_fashion, tiny_abt_buy, tmp_path, capsys):
+    from benchmarks.compare import main
+
+    out_random, _ = _run(tiny_fashion, tiny_abt_buy, tmp_path)
+    out_bm25, _ = _run(tiny_fashion, tiny_abt_buy, tmp_path, model="bm25")
+    table = main([str(out_random / "results.json"), str(out_bm25 / "results.json")])
+    assert table.splitlines()[0] == "| metric | random | bm25 |"
+    assert "| fashion/retrieval/text2image/ndcg@10 |" in table and "n/a" in table
+
+
+def test_every_cli_has_help(capsys):
+    from benchmarks import compare, convert_abt_buy, convert_fashion, run, speed_retrieval
+
+    for module in (run, compare, convert_fashion, convert_abt_buy, speed_retrieval):
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(["--help"])
+        assert exit_info.value.code == 0
