@@ -1,0 +1,43 @@
+"""The README's examples run as written, and .ci/run runs the README's test command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FASHION_DIR, REPO_ROOT
+
+README = (REPO_ROOT / "README.md").read_text()
+
+
+def readme_block(marker: str) -> str:
+    match = re.search(rf"<!-- {re.escape(marker)} -->\s*```(?:python|bash)\n(.*?)```", README, re.S)
+    assert match, f"README.md has no block after <!-- {marker} -->"
+    return match.group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs ../shared/data/fashion-product-images")
+def test_quickstart_runs_against_the_root_checkpoint():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", readme_block("readme-example: quickstart")],
+        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch.Size([2, 2]) torch.Size([2, 256])" in result.stdout
+
+
+def test_ci_script_runs_the_readme_test_command():
+    command = readme_block("ci-test-command").strip()
+    extracted = subprocess.run(
+        ["bash", "-c", "awk '/<!-- ci-test-command -->/ {found = 1; next} found && /^```/ {if (inside) exit; inside = 1; "
+         "next} inside {print}' README.md"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    ).stdout.strip()
+    assert extracted == command
+    assert "README.md" in (REPO_ROOT / ".ci" / "run").read_text()
