@@ -178,7 +178,9 @@ class Moon3Config(PretrainedConfig):
         if self.fire_rank < 1:
             raise ValueError(f"fire_rank must be >= 1, got {self.fire_rank}.")
         if self.max_reasoning_tokens < 0:
-            raise ValueError(f"max_reasoning_tokens must be >= 0 (0 = direct mode only), got {self.max_reasoning_tokens}.")
+            raise ValueError(
+                f"max_reasoning_tokens must be >= 0 (0 = direct mode only), got {self.max_reasoning_tokens}."
+            )
         for name in ("product_instruction", "query_instruction"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {type(getattr(self, name)).__name__}.")

@@ -298,7 +298,10 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         )
         self.fire = (
             nn.ModuleDict(
-                {str(layer): Moon3FireBlock(hidden_size, config.fire_rank, config.fire_gate_init) for layer in config.fire_layers}
+                {
+                    str(layer): Moon3FireBlock(hidden_size, config.fire_rank, config.fire_gate_init)
+                    for layer in config.fire_layers
+                }
             )
             if config.use_fire
             else None
@@ -385,11 +388,15 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
                 them for the final `<emb>` step.
         """
         if input_ids is None:
-            raise ValueError("Moon3Model.forward needs input_ids (from Moon3Processor); inputs_embeds is not supported.")
+            raise ValueError(
+                "Moon3Model.forward needs input_ids (from Moon3Processor); inputs_embeds is not supported."
+            )
         kwargs.pop("inputs_embeds", None)
         past_length = cache.get_seq_length() if cache is not None else 0
         # Our own bookkeeping needs a mask over this call's tokens; the backbone gets the caller's mask as it came.
-        token_mask = attention_mask[:, -input_ids.shape[1] :] if attention_mask is not None else torch.ones_like(input_ids)
+        token_mask = (
+            attention_mask[:, -input_ids.shape[1] :] if attention_mask is not None else torch.ones_like(input_ids)
+        )
         self._check_image_inputs(input_ids, pixel_values, image_grid_thw, past_length)
 
         image_outputs = None
@@ -518,7 +525,11 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         if self.fire is not None:
             fire_mask = signals.image_mask | signals.text_mask if self.config.fire_on_text else signals.image_mask
             fire_features = signals.features[fire_mask]  # (N, D)
-        capture = self.config.fusion_source_layer - 1 if self.fusion is not None and self.config.fusion_source_layer else None
+        capture = (
+            self.config.fusion_source_layer - 1
+            if self.fusion is not None and self.config.fusion_source_layer
+            else None
+        )
         return Moon3LayerContext(fire_features, fire_mask, capture)
 
     def _emb_positions(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -557,7 +568,9 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         config = self.config
         max_new = config.max_reasoning_tokens if max_reasoning_tokens is None else max_reasoning_tokens
         if max_new == 0:
-            return self._embed_without_reasoning(input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids)
+            return self._embed_without_reasoning(
+                input_ids, attention_mask, pixel_values, image_grid_thw, mm_token_type_ids
+            )
         prompt_length = input_ids.shape[1]
         signals_sink: list[Moon3RawSignals] = []
         generated = self.generate(
@@ -677,7 +690,9 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         items = list(items)
         embeddings, reasoning = [], []
         for start in tqdm(range(0, len(items), batch_size), desc=f"Encoding {kind}s", disable=not show_progress_bar):
-            batch = processor(**{"products" if kind == "document" else "queries": items[start : start + batch_size]}, mode=mode)
+            batch = processor(
+                **{"products" if kind == "document" else "queries": items[start : start + batch_size]}, mode=mode
+            )
             batch = batch.to(self.device)
             if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].to(self.dtype)

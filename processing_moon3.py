@@ -173,7 +173,9 @@ class Moon3Processor(ProcessorMixin):
             images.extend(item_images)
         return texts, images
 
-    def build_messages(self, item: Any, kind: str = "document", index: int = 0) -> tuple[list[dict], list[Image.Image]]:
+    def build_messages(
+        self, item: Any, kind: str = "document", index: int = 0
+    ) -> tuple[list[dict], list[Image.Image]]:
         """Chat messages (system instruction + user content) for one product or query, and its loaded images.
 
         Example:
@@ -194,9 +196,7 @@ class Moon3Processor(ProcessorMixin):
                 f"{field} has {len(image_sources)} images; at most max_images_per_item={self.max_images_per_item} "
                 "are allowed. Pass fewer images or raise max_images_per_item on the processor."
             )
-        images = [
-            self.load_image(source, field=f"{field}.images[{i}]") for i, source in enumerate(image_sources)
-        ]
+        images = [self.load_image(source, field=f"{field}.images[{i}]") for i, source in enumerate(image_sources)]
         content = [{"type": "image"} for _ in images]
         if item_text:
             content.append({"type": "text", "text": self._truncate(item_text, field)})
@@ -231,9 +231,7 @@ class Moon3Processor(ProcessorMixin):
         elif isinstance(source, (bytes, bytearray)):
             image = _open_image(io.BytesIO(source), field)
         else:
-            raise TypeError(
-                f"{field}: expected a path, bytes or PIL.Image.Image, got {type(source).__name__}."
-            )
+            raise TypeError(f"{field}: expected a path, bytes or PIL.Image.Image, got {type(source).__name__}.")
         return _to_rgb(_bounded(image, self.max_image_side, self._max_aspect_ratio()))
 
     def _max_aspect_ratio(self) -> float:
@@ -266,12 +264,8 @@ class Moon3Processor(ProcessorMixin):
             if key in product and product[key] is None:
                 raise ValueError(f"{field}.{key} is None. Omit the key or give a value.")
         lines = []
-        title = product.get("title")
-        if title is not None:
-            if not isinstance(title, str):
-                raise TypeError(f"{field}.title must be a string, got {type(title).__name__}.")
-            if title.strip():
-                lines.append(f"Title: {title.strip()}")
+        if title := _optional_text(product, "title", field):
+            lines.append(f"Title: {title}")
         attributes = product.get("attributes", {})
         if not isinstance(attributes, Mapping):
             raise TypeError(f"{field}.attributes must be a dict of name -> value, got {type(attributes).__name__}.")
@@ -284,12 +278,8 @@ class Moon3Processor(ProcessorMixin):
                 attribute_parts.append(f"{name}: {text}")
         if attribute_parts:
             lines.append("Attributes: " + "; ".join(attribute_parts))
-        description = product.get("description")
-        if description is not None:
-            if not isinstance(description, str):
-                raise TypeError(f"{field}.description must be a string, got {type(description).__name__}.")
-            if description.strip():
-                lines.append(f"Description: {description.strip()}")
+        if description := _optional_text(product, "description", field):
+            lines.append(f"Description: {description}")
         image_sources = _image_sources(product, field)
         if not lines and not image_sources:
             raise ValueError(
@@ -331,6 +321,14 @@ class Moon3Processor(ProcessorMixin):
             "Raise max_text_tokens on the processor to keep more."
         )
         return self.tokenizer.decode(token_ids[: self.max_text_tokens])
+
+
+def _optional_text(item: Mapping, key: str, field: str) -> str:
+    """The stripped string at `item[key]` ('' when absent); a non-string raises naming `field.key`."""
+    value = item.get(key, "")
+    if not isinstance(value, str):
+        raise TypeError(f"{field}.{key} must be a string, got {type(value).__name__}.")
+    return value.strip()
 
 
 def _check_keys(item: Mapping, allowed: frozenset, field: str) -> None:

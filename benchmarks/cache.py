@@ -37,8 +37,15 @@ class EmbeddingCache:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_key)[:80]
         return self.root / slug / f"{key[:40]}.npy"
 
-    def get_or_compute(self, model_key: str | None, data_hash: str, side: str, task: str, items: list[dict],
-                       compute: Callable[[], np.ndarray]) -> np.ndarray:
+    def get_or_compute(
+        self,
+        model_key: str | None,
+        data_hash: str,
+        side: str,
+        task: str,
+        items: list[dict],
+        compute: Callable[[], np.ndarray],
+    ) -> np.ndarray:
         """Return the cached array for this key, or compute, store and return it."""
         if model_key is None:
             return compute()

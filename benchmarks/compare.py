@@ -14,8 +14,12 @@ from pathlib import Path
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="results.json files written by benchmarks.run")
-    parser.add_argument("--metrics", nargs="*", default=None,
-                        help="keep only metric keys ending in one of these (e.g. recall@1 ndcg@10); empty = primary")
+    parser.add_argument(
+        "--metrics",
+        nargs="*",
+        default=None,
+        help="keep only metric keys ending in one of these (e.g. recall@1 ndcg@10); empty = primary",
+    )
     parser.add_argument("--all", action="store_true", help="show every metric key")
     return parser
 
@@ -28,7 +32,7 @@ def compare_table(runs: list[dict], suffixes: list[str] | None = None, show_all:
             for key in run["metrics"]:
                 if not key.startswith(task + "/") or key in keys:
                     continue
-                metric = key[len(task) + 1:]
+                metric = key[len(task) + 1 :]
                 wanted = metric in suffixes if suffixes else metric == info["primary_metric"]
                 if show_all or wanted:
                     keys.append(key)

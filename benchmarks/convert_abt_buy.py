@@ -23,15 +23,22 @@ DEFAULT_SOURCE = Path(__file__).resolve().parents[1] / "../shared/data/abt-buy"
 
 def _read_csv(path: Path) -> list[dict]:
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found. Point --source at the folder with tableA.csv, tableB.csv and "
-                                "matches.csv.")
+        raise FileNotFoundError(
+            f"{path} not found. Point --source at the folder with tableA.csv, tableB.csv and matches.csv."
+        )
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
 def _product(row: dict, group: str) -> dict:
-    product = {"id": f"{group}-{row['id']}", "title": row["name"].strip(), "attributes": {}, "images": [],
-               "category": [], "group": group}
+    product = {
+        "id": f"{group}-{row['id']}",
+        "title": row["name"].strip(),
+        "attributes": {},
+        "images": [],
+        "category": [],
+        "group": group,
+    }
     if row.get("description", "").strip():
         product["description"] = row["description"].strip()
     return product
@@ -46,18 +53,35 @@ def convert(source: Path, out: Path) -> Path:
     positives = defaultdict(list)
     for row in _read_csv(source / "matches.csv"):
         positives[f"abt-{row['tableA_id']}"].append(f"buy-{row['tableB_id']}")
-    queries = [{"id": p["id"], "product_id": p["id"], "positives": sorted(set(positives[p["id"]]))}
-               for p in products if p["group"] == "abt" and positives.get(p["id"])]
-    spec = {"query_view": "product", "gallery_view": "product", "gallery_group": "buy",
-            "description": "abt record -> the same product in the buy catalogue"}
-    return write_bench_data(out, "abt-buy", products, {"matching": (spec, queries)}, {},
-                            extra={"source": "Abt-Buy (Leipzig entity-resolution benchmark); see SOURCE.md"})
+    queries = [
+        {"id": p["id"], "product_id": p["id"], "positives": sorted(set(positives[p["id"]]))}
+        for p in products
+        if p["group"] == "abt" and positives.get(p["id"])
+    ]
+    spec = {
+        "query_view": "product",
+        "gallery_view": "product",
+        "gallery_group": "buy",
+        "description": "abt record -> the same product in the buy catalogue",
+    }
+    return write_bench_data(
+        out,
+        "abt-buy",
+        products,
+        {"matching": (spec, queries)},
+        {},
+        extra={"source": "Abt-Buy (Leipzig entity-resolution benchmark); see SOURCE.md"},
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
-                        help="folder with tableA.csv, tableB.csv, matches.csv (default: ../shared/data/abt-buy)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=DEFAULT_SOURCE,
+        help="folder with tableA.csv, tableB.csv, matches.csv (default: ../shared/data/abt-buy)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output data folder (created)")
     return parser
 

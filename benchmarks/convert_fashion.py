@@ -47,8 +47,10 @@ def read_local_rows(source: Path) -> list[dict]:
 
     path = source / "products.csv"
     if not path.is_file():
-        raise FileNotFoundError(f"--source {source}: products.csv not found. Point --source at the folder that "
-                                "holds products.csv and images/, or use --hub.")
+        raise FileNotFoundError(
+            f"--source {source}: products.csv not found. Point --source at the folder that "
+            "holds products.csv and images/, or use --hub."
+        )
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     for row in rows:
@@ -78,8 +80,13 @@ def brand_of(title: str) -> str:
 def make_product(row: dict, image_rel: str) -> dict:
     """Benchmark product record of one catalogue row."""
     attributes = {k: _clean(row.get(k)) for k in ("articleType",) + ATTRIBUTE_FIELDS if _clean(row.get(k))}
-    return {"id": str(row["id"]), "title": _clean(row["productDisplayName"]), "attributes": attributes,
-            "images": [image_rel], "category": [_clean(row.get(k)) for k in CATEGORY_FIELDS if _clean(row.get(k))]}
+    return {
+        "id": str(row["id"]),
+        "title": _clean(row["productDisplayName"]),
+        "attributes": attributes,
+        "images": [image_rel],
+        "category": [_clean(row.get(k)) for k in CATEGORY_FIELDS if _clean(row.get(k))],
+    }
 
 
 def _grouped(products: list[dict], key) -> dict:
@@ -106,8 +113,9 @@ def build_query_sets(products: list[dict], max_queries: int, seed: int) -> dict:
 
     by_title = _grouped(products, lambda p: p["title"])
     text2image = [{"id": f"t2i-{i}", "text": t, "positives": ids} for i, (t, ids) in enumerate(by_title.items())]
-    image2text = [{"id": f"i2t-{p['id']}", "image": p["images"][0], "positives": by_title[p["title"]]}
-                  for p in products]
+    image2text = [
+        {"id": f"i2t-{p['id']}", "image": p["images"][0], "positives": by_title[p["title"]]} for p in products
+    ]
 
     def paraphrase(p):
         a = p["attributes"]
@@ -117,11 +125,16 @@ def build_query_sets(products: list[dict], max_queries: int, seed: int) -> dict:
 
     by_paraphrase = _grouped(products, paraphrase)
     titles = {p["title"].lower() for p in products}
-    text2product = [{"id": f"t2p-{i}", "text": t, "positives": ids}
-                    for i, (t, ids) in enumerate(sorted(by_paraphrase.items())) if t not in titles]
+    text2product = [
+        {"id": f"t2p-{i}", "text": t, "positives": ids}
+        for i, (t, ids) in enumerate(sorted(by_paraphrase.items()))
+        if t not in titles
+    ]
     by_text = _grouped(products, lambda p: flatten_product({**p, "images": []}))
-    image2product = [{"id": f"i2p-{p['id']}", "image": p["images"][0],
-                      "positives": by_text[flatten_product({**p, "images": []})]} for p in products]
+    image2product = [
+        {"id": f"i2p-{p['id']}", "image": p["images"][0], "positives": by_text[flatten_product({**p, "images": []})]}
+        for p in products
+    ]
 
     def combo(p):
         a = p["attributes"]
@@ -132,20 +145,32 @@ def build_query_sets(products: list[dict], max_queries: int, seed: int) -> dict:
         words = [a[k] for k in keys if k != "usage" or a["usage"].lower() not in a["articleType"].lower()]
         return " ".join(words).lower()
 
-    attribute = [{"id": f"attr-{i}", "text": t, "positives": ids}
-                 for i, (t, ids) in enumerate(sorted(_grouped(products, combo).items())) if len(ids) >= 2]
+    attribute = [
+        {"id": f"attr-{i}", "text": t, "positives": ids}
+        for i, (t, ids) in enumerate(sorted(_grouped(products, combo).items()))
+        if len(ids) >= 2
+    ]
     return {
-        "text2image": ({"gallery_view": "image", "description": "title -> photo"},
-                       _cap(text2image, max_queries, seed)),
-        "image2text": ({"gallery_view": "title", "description": "photo -> title"},
-                       _cap(image2text, max_queries, seed)),
-        "text2product": ({"gallery_view": "title_image", "description": "attribute paraphrase with brand -> product"},
-                         _cap(text2product, max_queries, seed)),
-        "image2product": ({"gallery_view": "product_text", "description": "photo -> product text (no photos)"},
-                          _cap(image2product, max_queries, seed)),
-        "attribute_queries": ({"gallery_view": "title_image",
-                               "description": "gender colour usage type -> all matches"},
-                              _cap(attribute, max_queries, seed)),
+        "text2image": (
+            {"gallery_view": "image", "description": "title -> photo"},
+            _cap(text2image, max_queries, seed),
+        ),
+        "image2text": (
+            {"gallery_view": "title", "description": "photo -> title"},
+            _cap(image2text, max_queries, seed),
+        ),
+        "text2product": (
+            {"gallery_view": "title_image", "description": "attribute paraphrase with brand -> product"},
+            _cap(text2product, max_queries, seed),
+        ),
+        "image2product": (
+            {"gallery_view": "product_text", "description": "photo -> product text (no photos)"},
+            _cap(image2product, max_queries, seed),
+        ),
+        "attribute_queries": (
+            {"gallery_view": "title_image", "description": "gender colour usage type -> all matches"},
+            _cap(attribute, max_queries, seed),
+        ),
     }
 
 
@@ -153,8 +178,11 @@ def build_label_sets(rows: list[dict], products: list[dict]) -> dict:
     """Category levels (predicted from the photo and, separately, the title) and attributes (photo only)."""
     label_sets = {}
     for field_name in CATEGORY_FIELDS + ATTRIBUTE_FIELDS:
-        labels = [{"product_id": p["id"], "label": _clean(r.get(field_name))}
-                  for r, p in zip(rows, products) if _clean(r.get(field_name))]
+        labels = [
+            {"product_id": p["id"], "label": _clean(r.get(field_name))}
+            for r, p in zip(rows, products)
+            if _clean(r.get(field_name))
+        ]
         kind = "category" if field_name in CATEGORY_FIELDS else "attribute"
         views = ["image", "title"] if kind == "category" else ["image"]
         level = CATEGORY_FIELDS.index(field_name) + 1 if kind == "category" else None
@@ -183,24 +211,38 @@ def convert(rows: list[dict], out: Path, split: str = "test", max_queries: int =
         else:
             image.convert("RGB").save(out / rel, format="JPEG", quality=95)
         products.append(make_product(row, rel))
-    return write_bench_data(out, "fashion", products, build_query_sets(products, max_queries, seed),
-                            build_label_sets(rows, products),
-                            extra={"source": "Myntra Fashion Product Images (Small); see SOURCE.md", "split": split})
+    return write_bench_data(
+        out,
+        "fashion",
+        products,
+        build_query_sets(products, max_queries, seed),
+        build_label_sets(rows, products),
+        extra={"source": "Myntra Fashion Product Images (Small); see SOURCE.md", "split": split},
+    )
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # where the catalogue comes from
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE,
-                        help="folder with products.csv and images/ (default: ../shared/data/fashion-product-images)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        default=DEFAULT_SOURCE,
+        help="folder with products.csv and images/ (default: ../shared/data/fashion-product-images)",
+    )
     parser.add_argument("--hub", action="store_true", help=f"read the catalogue from the Hub ({HUB_ID}) instead")
     parser.add_argument("--hub-id", default=HUB_ID, help="Hub dataset id used with --hub")
     # what to write
     parser.add_argument("--out", type=Path, required=True, help="output data folder (created)")
-    parser.add_argument("--split", default="test", choices=("test", "val", "train"),
-                        help="fixed split to convert; evaluation uses test")
-    parser.add_argument("--max-queries", type=int, default=1000,
-                        help="cap per query set, sampled with --seed (0 = no cap)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=("test", "val", "train"),
+        help="fixed split to convert; evaluation uses test",
+    )
+    parser.add_argument(
+        "--max-queries", type=int, default=1000, help="cap per query set, sampled with --seed (0 = no cap)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the query sampling")
     return parser
 

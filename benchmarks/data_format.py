@@ -34,8 +34,13 @@ FORMAT_VERSION = 1
 # query is derived from the attributes); `title` = the title as plain text; `image` = the first photo.
 VIEWS = ("product", "product_text", "title_image", "title", "image")
 # Modalities an encoder must support to encode a view. Products degrade to text for text-only models.
-VIEW_MODALITIES = {"product": {"text"}, "product_text": {"text"}, "title_image": {"text"}, "title": {"text"},
-                   "image": {"image"}}
+VIEW_MODALITIES = {
+    "product": {"text"},
+    "product_text": {"text"},
+    "title_image": {"text"},
+    "title": {"text"},
+    "image": {"image"},
+}
 LABEL_KINDS = ("category", "attribute")
 
 
@@ -184,8 +189,13 @@ def _validate_query(file, row, q, data: BenchData, spec: QuerySet, gallery_ids: 
         _fail(file, row, "positives", f"expected a non-empty list of product ids, got {positives!r}", "list ids")
     for pid in positives:
         if pid not in gallery_ids:
-            _fail(file, row, "positives", f"{pid!r} is not in the gallery (group {spec.gallery_group!r})",
-                  "list only ids of products in the query set's gallery group")
+            _fail(
+                file,
+                row,
+                "positives",
+                f"{pid!r} is not in the gallery (group {spec.gallery_group!r})",
+                "list only ids of products in the query set's gallery group",
+            )
     return q
 
 
@@ -197,8 +207,14 @@ def _load_query_set(data: BenchData, name: str, spec: dict) -> QuerySet:
     for key in ("gallery_view", "query_view"):
         if spec.get(key) is not None and spec[key] not in VIEWS:
             _fail(where, None, key, f"unknown view {spec[key]!r}", f"use one of {list(VIEWS)}")
-    qs = QuerySet(name=name, queries=[], gallery_view=spec["gallery_view"], query_view=spec.get("query_view"),
-                  gallery_group=spec.get("gallery_group"), description=spec.get("description", ""))
+    qs = QuerySet(
+        name=name,
+        queries=[],
+        gallery_view=spec["gallery_view"],
+        query_view=spec.get("query_view"),
+        gallery_group=spec.get("gallery_group"),
+        description=spec.get("description", ""),
+    )
     gallery_ids = {p["id"] for p in data.gallery(qs.gallery_group)}
     if not gallery_ids:
         _fail(where, None, "gallery_group", f"no product has group {qs.gallery_group!r}", "fix the group name")
@@ -230,8 +246,14 @@ def _load_label_set(data: BenchData, name: str, spec: dict) -> LabelSet:
     unknown = {r["label"] for r in rows} - set(classes)
     if unknown:
         _fail(where, None, "classes", f"labels {sorted(unknown)} are not listed", "add them to 'classes'")
-    return LabelSet(name=name, kind=spec["kind"], views=views, rows=rows, classes=list(classes),
-                    description=spec.get("description", ""))
+    return LabelSet(
+        name=name,
+        kind=spec["kind"],
+        views=views,
+        rows=rows,
+        classes=list(classes),
+        description=spec.get("description", ""),
+    )
 
 
 def data_hash(root: Path, manifest: dict, products: list[dict]) -> str:
@@ -259,11 +281,21 @@ def load_bench_data(root: str | Path, check_images: bool = True) -> BenchData:
     except json.JSONDecodeError as e:
         _fail("manifest.json", e.lineno, "<json>", f"invalid JSON ({e.msg})", "fix the JSON syntax")
     if manifest.get("format") != FORMAT_NAME:
-        _fail("manifest.json", None, "format", f"expected {FORMAT_NAME!r}, got {manifest.get('format')!r}",
-              "write manifests with a benchmarks converter")
+        _fail(
+            "manifest.json",
+            None,
+            "format",
+            f"expected {FORMAT_NAME!r}, got {manifest.get('format')!r}",
+            "write manifests with a benchmarks converter",
+        )
     if manifest.get("version") != FORMAT_VERSION:
-        _fail("manifest.json", None, "version", f"expected {FORMAT_VERSION}, got {manifest.get('version')!r}",
-              "convert the data again with this version of benchmarks/")
+        _fail(
+            "manifest.json",
+            None,
+            "version",
+            f"expected {FORMAT_VERSION}, got {manifest.get('version')!r}",
+            "convert the data again with this version of benchmarks/",
+        )
     manifest.setdefault("products", "products.jsonl")
     products, seen = [], set()
     for row, p in _read_jsonl(root, manifest["products"]):
@@ -282,8 +314,14 @@ def load_bench_data(root: str | Path, check_images: bool = True) -> BenchData:
     return data
 
 
-def write_bench_data(root: str | Path, name: str, products: list[dict], query_sets: dict[str, tuple[dict, list]],
-                     label_sets: dict[str, tuple[dict, list]], extra: dict | None = None) -> Path:
+def write_bench_data(
+    root: str | Path,
+    name: str,
+    products: list[dict],
+    query_sets: dict[str, tuple[dict, list]],
+    label_sets: dict[str, tuple[dict, list]],
+    extra: dict | None = None,
+) -> Path:
     """Write a data folder atomically file by file; manifest.json goes last, so a crash leaves no valid folder.
 
     `query_sets` / `label_sets` map a name to (manifest spec without 'file', rows).
@@ -293,8 +331,15 @@ def write_bench_data(root: str | Path, name: str, products: list[dict], query_se
     root = Path(root)
     (root / "manifest.json").unlink(missing_ok=True)
     atomic_write_jsonl(root / "products.jsonl", products)
-    manifest = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "name": name, "products": "products.jsonl",
-                "query_sets": {}, "label_sets": {}, **(extra or {})}
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "name": name,
+        "products": "products.jsonl",
+        "query_sets": {},
+        "label_sets": {},
+        **(extra or {}),
+    }
     for qname, (spec, rows) in query_sets.items():
         atomic_write_jsonl(root / "queries" / f"{qname}.jsonl", rows)
         manifest["query_sets"][qname] = {**spec, "file": f"queries/{qname}.jsonl"}

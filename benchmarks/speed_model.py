@@ -83,9 +83,16 @@ def build_pair(args):
     corpus = [item["title"] + " " + str(item["attributes"]) for item in make_items(64, 8, args.seed)]
     tokenizer = train_tokenizer(corpus * 4, vocab_size=2000)
     sizes = {"hidden_size": args.hidden_size, "num_layers": args.num_layers}
-    full, processor = build_random(tokenizer, seed=args.seed, vlm_sizes=sizes, embedding_dim=256, matryoshka_dims=[256])
+    full, processor = build_random(
+        tokenizer, seed=args.seed, vlm_sizes=sizes, embedding_dim=256, matryoshka_dims=[256]
+    )
     plain, _ = build_random(
-        tokenizer, seed=args.seed, vlm_sizes=sizes, embedding_dim=256, matryoshka_dims=[256], use_fusion=False,
+        tokenizer,
+        seed=args.seed,
+        vlm_sizes=sizes,
+        embedding_dim=256,
+        matryoshka_dims=[256],
+        use_fusion=False,
         use_fire=False,
     )
     plain.load_state_dict(full.state_dict(), strict=False)
@@ -102,8 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     full, plain, processor = build_pair(args)
     items = make_items(max(args.batch_size, max(args.batch_sizes)), args.image_size, args.seed)
     batch = processor(products=items[: args.batch_size])
-    print(f"config: hidden {args.hidden_size}, {args.num_layers} layers, {args.image_size}x{args.image_size} image "
-          f"per item, {batch['input_ids'].shape[1]} tokens per item (padded), {torch.get_num_threads()} threads")
+    print(
+        f"config: hidden {args.hidden_size}, {args.num_layers} layers, {args.image_size}x{args.image_size} image "
+        f"per item, {batch['input_ids'].shape[1]} tokens per item (padded), {torch.get_num_threads()} threads"
+    )
 
     with torch.inference_mode():
         on, off = alternate(lambda: full(**batch), lambda: plain(**batch), args.repeats)
@@ -122,23 +131,32 @@ def main(argv: list[str] | None = None) -> None:
             full.embed_with_reasoning(**reason_batch, max_reasoning_tokens=tokens, **common)
 
         def generate_only():
-            full.generate(**reason_batch, max_new_tokens=tokens, eos_token_id=think_end,
-                          pad_token_id=full.config.pad_token_id, **common)
+            full.generate(
+                **reason_batch,
+                max_new_tokens=tokens,
+                eos_token_id=think_end,
+                pad_token_id=full.config.pad_token_id,
+                **common,
+            )
 
         embed_time, generate_time = alternate(reason, generate_only, args.repeats)
         print(f"\n(b) reason mode ({tokens} reasoning tokens + one <emb> step) vs generate alone ({tokens} tokens)")
         print("| batch | reason-mode embed (s) | generate (s) | embed / generate | target |")
         print("|---:|---:|---:|---:|---:|")
-        print(f"| {args.batch_size} | {embed_time:.4f} | {generate_time:.4f} | {embed_time / generate_time:.3f} | <= 1.15 |")
+        print(
+            f"| {args.batch_size} | {embed_time:.4f} | {generate_time:.4f} | {embed_time / generate_time:.3f} | <= 1.15 |"
+        )
 
         print("\n(c) direct-mode throughput (fusion + FIRE on; processor time included)")
         print("| batch | items / s | model only (items / s) |")
         print("|---:|---:|---:|")
         for size in args.batch_sizes:
             sub_items = items[:size]
-            end_to_end = statistics.median(timed(lambda: full(**processor(products=sub_items)), args.repeats))
+            end_to_end = statistics.median(
+                timed(lambda items=sub_items: full(**processor(products=items)), args.repeats)
+            )
             sub_batch = processor(products=sub_items)
-            model_only = statistics.median(timed(lambda: full(**sub_batch), args.repeats))
+            model_only = statistics.median(timed(lambda batch=sub_batch: full(**batch), args.repeats))
             print(f"| {size} | {size / end_to_end:.1f} | {size / model_only:.1f} |")
 
 

@@ -57,7 +57,9 @@ def test_fresh_offline_process_loads_the_three_auto_classes(tiny_checkpoint):
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd="/", timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd="/", timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[:4] == ["Moon3Config", "Moon3Processor", "Moon3Model", "Moon3Model"]
 
@@ -137,5 +139,6 @@ def test_tiny_qwen2_5_vl_checkpoint_round_trips(tiny_tokenizer, tmp_path):
     reprocessor = AutoProcessor.from_pretrained(tmp_path, trust_remote_code=True)
     assert reloaded.config.vlm_config.model_type == "qwen2_5_vl"
     torch.testing.assert_close(
-        model.encode(["navy shirt"], processor, kind="query"), reloaded.encode(["navy shirt"], reprocessor, kind="query")
+        model.encode(["navy shirt"], processor, kind="query"),
+        reloaded.encode(["navy shirt"], reprocessor, kind="query"),
     )

@@ -76,7 +76,11 @@ def test_products_alone_equal_products_in_batch(tiny_model, product_images):
     model, processor = tiny_model
     activate_new_modules(model)
     products = [
-        {"title": "Navy shirt", "attributes": {"colour": "Navy Blue", "usage": "Casual"}, "images": [product_images["red"]]},
+        {
+            "title": "Navy shirt",
+            "attributes": {"colour": "Navy Blue", "usage": "Casual"},
+            "images": [product_images["red"]],
+        },
         {"title": "Red dress"},
         {"images": [product_images["wide"], product_images["gray"]]},
         {"title": "Black track pants", "description": "Soft cotton, elastic waist, two pockets and a zip."},
@@ -116,7 +120,9 @@ def test_reason_mode_matches_a_full_forward_over_the_generated_sequence(tiny_mod
                 attention_mask=torch.ones_like(sequence),
                 pixel_values=batch.get("pixel_values"),
                 image_grid_thw=batch.get("image_grid_thw"),
-                mm_token_type_ids=F.pad(batch["mm_token_type_ids"], (0, sequence.shape[1] - batch["input_ids"].shape[1])),
+                mm_token_type_ids=F.pad(
+                    batch["mm_token_type_ids"], (0, sequence.shape[1] - batch["input_ids"].shape[1])
+                ),
             )
         torch.testing.assert_close(result["embeddings"], full.embeddings, atol=1e-5, rtol=0)
 
@@ -128,7 +134,9 @@ def test_reason_mode_prefills_the_prompt_once(tiny_model):
         lambda module, args, kwargs: lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
     )
     try:
-        model.embed_with_reasoning(**processor(queries=["navy shirt", "red dress"], mode="reason"), max_reasoning_tokens=4)
+        model.embed_with_reasoning(
+            **processor(queries=["navy shirt", "red dress"], mode="reason"), max_reasoning_tokens=4
+        )
     finally:
         handle.remove()
     prompt_length = processor(queries=["navy shirt", "red dress"], mode="reason")["input_ids"].shape[1]
@@ -166,7 +174,9 @@ def test_reason_mode_rows_that_stop_early_match_their_solo_run(tiny_model, produ
     assert reasoning[0, 1] == think_end and (reasoning[0, 2:] == model.config.pad_token_id).all()
     for index, query in enumerate(queries):
         solo = processor(queries=[query], mode="reason")
-        solo_force = LogitsProcessorList([ForceThinkEnd(think_end, 1 if index == 0 else 99, solo["input_ids"].shape[1])])
+        solo_force = LogitsProcessorList(
+            [ForceThinkEnd(think_end, 1 if index == 0 else 99, solo["input_ids"].shape[1])]
+        )
         alone = model.embed_with_reasoning(**solo, max_reasoning_tokens=5, logits_processor=solo_force)
         torch.testing.assert_close(alone["embeddings"][0], result["embeddings"][index], atol=1e-5, rtol=0)
 

@@ -19,7 +19,9 @@ def decode(processor, batch, row=0):
 
 
 def test_product_prompt_holds_instruction_title_attributes_and_direct_suffix(processor, product_images):
-    batch = processor(products=[{"title": "Navy shirt", "attributes": {"colour": "Navy Blue"}, "images": [product_images["red"]]}])
+    batch = processor(
+        products=[{"title": "Navy shirt", "attributes": {"colour": "Navy Blue"}, "images": [product_images["red"]]}]
+    )
     text = decode(processor, batch)
     assert processor.product_instruction in text
     assert "Title: Navy shirt\nAttributes: colour: Navy Blue" in text
@@ -75,7 +77,9 @@ def test_tiny_and_huge_images_are_bounded(processor):
     patch = processor.image_processor.patch_size
     for batch in (tiny, huge, strip):
         pixels = int(batch["image_grid_thw"][0, 1:].prod()) * patch * patch
-        assert processor.image_processor.size["shortest_edge"] <= pixels <= processor.image_processor.size["longest_edge"]
+        assert (
+            processor.image_processor.size["shortest_edge"] <= pixels <= processor.image_processor.size["longest_edge"]
+        )
 
 
 def test_over_long_text_is_truncated_with_a_warning(processor, caplog):

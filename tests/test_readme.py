@@ -26,7 +26,11 @@ def test_quickstart_runs_against_the_root_checkpoint():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-c", readme_block("readme-example: quickstart")],
-        cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "torch.Size([2, 2]) torch.Size([2, 256])" in result.stdout
@@ -35,9 +39,15 @@ def test_quickstart_runs_against_the_root_checkpoint():
 def test_ci_script_runs_the_readme_test_command():
     command = readme_block("ci-test-command").strip()
     extracted = subprocess.run(
-        ["bash", "-c", "awk '/<!-- ci-test-command -->/ {found = 1; next} found && /^```/ {if (inside) exit; inside = 1; "
-         "next} inside {print}' README.md"],
-        cwd=REPO_ROOT, capture_output=True, text=True,
+        [
+            "bash",
+            "-c",
+            "awk '/<!-- ci-test-command -->/ {found = 1; next} found && /^```/ {if (inside) exit; inside = 1; "
+            "next} inside {print}' README.md",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     assert extracted == command
     assert "README.md" in (REPO_ROOT / ".ci" / "run").read_text()

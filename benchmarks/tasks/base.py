@@ -22,8 +22,14 @@ class Task:
     greater_is_better: bool = True
     metric_names: tuple[str, ...] = ()
 
-    def __init__(self, data: BenchData, short_name: str, cache: EmbeddingCache | None = None,
-                 show_progress: bool = False, max_block_elements: int = 1 << 24):
+    def __init__(
+        self,
+        data: BenchData,
+        short_name: str,
+        cache: EmbeddingCache | None = None,
+        show_progress: bool = False,
+        max_block_elements: int = 1 << 24,
+    ):
         self.data = data
         self.short_name = short_name
         self.name = f"{data.name}/{self.family}/{short_name}"

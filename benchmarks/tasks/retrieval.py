@@ -51,8 +51,9 @@ class RetrievalTask(Task):
         else:
             query_embeddings = self.encode(model, self.queries, "query")  # (Q, E)
             doc_embeddings = self.encode(model, self.documents, "document")  # (N, E)
-            ranks = chunked_positive_ranks(query_embeddings, doc_embeddings, self.positives,
-                                           self.max_block_elements, self.show_progress)
+            ranks = chunked_positive_ranks(
+                query_embeddings, doc_embeddings, self.positives, self.max_block_elements, self.show_progress
+            )
         return retrieval_metrics(ranks, ks=CURVE_KS)
 
     @classmethod

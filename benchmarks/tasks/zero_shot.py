@@ -34,8 +34,9 @@ class ZeroShotTask(Task):
         super().__init__(data, f"{label_set}/{view}", **kwargs)
         self.view = view
         self.prompts = [class_prompts(label_set, c, templates) for c in self.label_set.classes]  # C lists of T
-        self.items = [product_view(data.products[data.index[r["product_id"]]], view, data.root)
-                      for r in self.label_set.rows]  # P items
+        self.items = [
+            product_view(data.products[data.index[r["product_id"]]], view, data.root) for r in self.label_set.rows
+        ]  # P items
         self.gold = [r["label"] for r in self.label_set.rows]
         self.required_modalities = set(VIEW_MODALITIES[view]) | {"text"}
 
@@ -55,10 +56,16 @@ class ZeroShotTask(Task):
 
     def evaluate(self, model):
         predicted = [self.label_set.classes[i] for i in np.argmax(self.class_scores(model), axis=1)]
-        return {"accuracy": accuracy(self.gold, predicted),
-                "macro_f1": macro_f1(self.gold, predicted, labels=self.label_set.classes)}
+        return {
+            "accuracy": accuracy(self.gold, predicted),
+            "macro_f1": macro_f1(self.gold, predicted, labels=self.label_set.classes),
+        }
 
     @classmethod
     def from_data(cls, data: BenchData, kind: str, templates: dict | None = None, **kwargs) -> list[ZeroShotTask]:
-        return [cls(data, name, view, templates=templates, **kwargs)
-                for name, ls in data.label_sets.items() if ls.kind == kind for view in ls.views]
+        return [
+            cls(data, name, view, templates=templates, **kwargs)
+            for name, ls in data.label_sets.items()
+            if ls.kind == kind
+            for view in ls.views
+        ]

@@ -23,8 +23,11 @@ def fashion_rows(image_dir: Path, n: int = 24) -> list[dict]:
 
     image_dir.mkdir(parents=True, exist_ok=True)
     rows, product_id = [], 1000
-    types = [("Apparel", "Topwear", "Shirts"), ("Footwear", "Shoes", "Casual Shoes"),
-             ("Accessories", "Bags", "Handbags")]
+    types = [
+        ("Apparel", "Topwear", "Shirts"),
+        ("Footwear", "Shoes", "Casual Shoes"),
+        ("Accessories", "Bags", "Handbags"),
+    ]
     while len(rows) < n:
         product_id += 1
         if split_of(product_id) != "test":
@@ -34,10 +37,22 @@ def fashion_rows(image_dir: Path, n: int = 24) -> list[dict]:
         gender = ["Men", "Women"][len(rows) % 2]
         path = image_dir / f"{product_id}.jpg"
         Image.new("RGB", (16, 16), COLOURS[colour]).save(path)
-        rows.append({"id": str(product_id), "split": "test", "productDisplayName": f"Brand{len(rows) % 4} {gender} "
-                     f"{colour} {article}", "gender": gender, "masterCategory": master, "subCategory": sub,
-                     "articleType": article, "baseColour": colour, "season": "Fall", "year": "2012",
-                     "usage": "Casual", "image": str(path)})
+        rows.append(
+            {
+                "id": str(product_id),
+                "split": "test",
+                "productDisplayName": f"Brand{len(rows) % 4} {gender} {colour} {article}",
+                "gender": gender,
+                "masterCategory": master,
+                "subCategory": sub,
+                "articleType": article,
+                "baseColour": colour,
+                "season": "Fall",
+                "year": "2012",
+                "usage": "Casual",
+                "image": str(path),
+            }
+        )
     return rows
 
 
@@ -60,12 +75,26 @@ def tiny_abt_buy_source(tmp_path) -> Path:
     """tableA/tableB/matches.csv with 6 + 7 products and 5 matches (one abt record with two matches)."""
     src = tmp_path / "abt_src"
     src.mkdir()
-    names = ["Sony Turntable PSLX350H", "Bose Speaker AM53BK", "Canon Camera SD1100", "Apple iPod Nano 8GB",
-             "Panasonic DVD Player S29", "Weber Gas Grill"]
-    (src / "tableA.csv").write_text("id,name,description,price\n" + "".join(
-        f'{i},{n},"{n} with extras",{i}.0\n' for i, n in enumerate(names)))
-    b_names = ["Sony PS-LX350H Turntable", "Bose AM5 speaker system", "Canon PowerShot SD1100 IS", "iPod nano 8 GB",
-               "Panasonic DVD-S29", "Linksys Router", "Sony PSLX350H belt turntable"]
+    names = [
+        "Sony Turntable PSLX350H",
+        "Bose Speaker AM53BK",
+        "Canon Camera SD1100",
+        "Apple iPod Nano 8GB",
+        "Panasonic DVD Player S29",
+        "Weber Gas Grill",
+    ]
+    (src / "tableA.csv").write_text(
+        "id,name,description,price\n" + "".join(f'{i},{n},"{n} with extras",{i}.0\n' for i, n in enumerate(names))
+    )
+    b_names = [
+        "Sony PS-LX350H Turntable",
+        "Bose AM5 speaker system",
+        "Canon PowerShot SD1100 IS",
+        "iPod nano 8 GB",
+        "Panasonic DVD-S29",
+        "Linksys Router",
+        "Sony PSLX350H belt turntable",
+    ]
     rows_b = "".join(f"{i},{n},,\n" for i, n in enumerate(b_names))
     (src / "tableB.csv").write_text("id,name,description,price\n" + rows_b)
     (src / "matches.csv").write_text("tableA_id,tableB_id\n0,0\n0,6\n1,1\n2,2\n3,3\n")

@@ -45,8 +45,16 @@ def test_hub_rows_convert_like_local_rows(tmp_path, make_fashion_rows):
     from benchmarks.convert_fashion import convert
 
     rows = make_fashion_rows(tmp_path / "imgs", n=6)
-    hub = Dataset.from_list([{**{k: v for k, v in r.items() if k not in ("split", "image")}, "id": int(r["id"]),
-                              "image": Image.open(r["image"]).convert("RGB")} for r in rows])
+    hub = Dataset.from_list(
+        [
+            {
+                **{k: v for k, v in r.items() if k not in ("split", "image")},
+                "id": int(r["id"]),
+                "image": Image.open(r["image"]).convert("RGB"),
+            }
+            for r in rows
+        ]
+    )
     data = load_bench_data(convert(read_hub_rows(hub), tmp_path / "hub"))
     assert [p["id"] for p in data.products] == [r["id"] for r in rows]
     assert all((data.root / p["images"][0]).is_file() for p in data.products)

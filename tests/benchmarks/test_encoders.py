@@ -85,8 +85,9 @@ def test_multimodal_model_gets_dicts_records_and_images_unflattened(tiny_fashion
     encoder.model, encoder.batch_size, encoder.name, encoder.revision = _FakeMultimodalModel(), 2, "fake", None
     encoder.modalities = frozenset(encoder.model.modalities) & MODALITIES
     image = data.resolve(data.products[0]["images"][0])
-    encoder.encode_queries([{"text": "red shirt", "image": None}, {"text": None, "image": image},
-                            {"text": "red", "image": image}])
+    encoder.encode_queries(
+        [{"text": "red shirt", "image": None}, {"text": None, "image": image}, {"text": "red", "image": image}]
+    )
     side, inputs = encoder.model.calls[-1]
     assert side == "query" and inputs[0] == "red shirt" and isinstance(inputs[1], Image.Image)
     assert inputs[2]["text"] == "red" and isinstance(inputs[2]["image"], Image.Image)

@@ -12,8 +12,21 @@ def _run(tiny_fashion, tiny_abt_buy, tmp_path, model="random", extra=()):
     from benchmarks.run import main
 
     out = tmp_path / f"out-{model}"
-    results = main(["--model", model, "--data", str(tiny_fashion), str(tiny_abt_buy), "--out", str(out),
-                    "--cache-dir", str(tmp_path / "cache"), "--no-progress", *extra])
+    results = main(
+        [
+            "--model",
+            model,
+            "--data",
+            str(tiny_fashion),
+            str(tiny_abt_buy),
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--no-progress",
+            *extra,
+        ]
+    )
     return out, results
 
 
