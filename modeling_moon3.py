@@ -387,9 +387,10 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
                 If given, the raw signals of a prefill are appended to it, so that a caller of `generate` can keep
                 them for the final `<emb>` step.
         """
-        if input_ids is None:
+        if input_ids is None or kwargs.get("inputs_embeds") is not None:
             raise ValueError(
-                "Moon3Model.forward needs input_ids (from Moon3Processor); inputs_embeds is not supported."
+                "Moon3Model.forward needs input_ids (from Moon3Processor) and does not take inputs_embeds: the "
+                "fusion and FIRE modules find the image and text positions from the ids."
             )
         kwargs.pop("inputs_embeds", None)
         past_length = cache.get_seq_length() if cache is not None else 0

@@ -322,3 +322,11 @@ def test_fusion_can_read_a_later_layer(tiny_tokenizer, product_images):
     batched = embed(model, processor, queries)
     alone = embed(model, processor, queries[2:3])
     torch.testing.assert_close(alone[0], batched[2], atol=1e-5, rtol=0)
+
+
+def test_forward_rejects_inputs_embeds_with_a_reason(tiny_model):
+    model, processor = tiny_model
+    batch = processor(queries=["navy shirt"])
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    with pytest.raises(ValueError, match="does not take inputs_embeds"):
+        model(**batch, inputs_embeds=embeds)
