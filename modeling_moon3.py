@@ -439,7 +439,10 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
 
         embeddings = emb_states = has_emb = None
         emb_positions, has_emb = self._emb_positions(input_ids, token_mask)
-        if return_embeddings or (return_embeddings is None and bool(has_emb.any())):
+        # A cached decode step sees only new tokens; it can embed only when the caller hands over the prompt's raw
+        # signals (as embed_with_reasoning does). Otherwise a row that emits <emb> mid-generation would fail here.
+        can_embed_by_default = past_length == 0 or raw_signals is not None or self.fusion is None
+        if return_embeddings or (return_embeddings is None and can_embed_by_default and bool(has_emb.any())):
             rows = torch.arange(input_ids.shape[0], device=input_ids.device)
             emb_states = hidden_states[rows, emb_positions]  # (B, D)
             embeddings = self.embed_states(emb_states, raw_signals if raw_signals is not None else signals)

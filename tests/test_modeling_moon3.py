@@ -330,3 +330,26 @@ def test_forward_rejects_inputs_embeds_with_a_reason(tiny_model):
     embeds = model.get_input_embeddings()(batch["input_ids"])
     with pytest.raises(ValueError, match="does not take inputs_embeds"):
         model(**batch, inputs_embeds=embeds)
+
+
+def test_generation_that_emits_emb_early_does_not_try_to_embed(tiny_model):
+    from transformers import LogitsProcessorList
+
+    model, processor = tiny_model
+    batch = processor(queries=["navy shirt", "a longer red dress query"], mode="reason")
+    emb = model.config.emb_token_id
+
+    def emit_emb_on_row_zero(input_ids, scores):
+        if input_ids.shape[1] - batch["input_ids"].shape[1] == 1:
+            scores[0] = float("-inf")
+            scores[0, emb] = 0.0
+        return scores
+
+    generated = model.generate(
+        **batch,
+        max_new_tokens=4,
+        eos_token_id=emb,
+        do_sample=False,
+        logits_processor=LogitsProcessorList([emit_emb_on_row_zero]),
+    )
+    assert generated[0, batch["input_ids"].shape[1] + 1] == emb
