@@ -177,6 +177,65 @@ def _without_images(query: Mapping) -> dict:
     return text if text.get("text") else {"text": " "}
 
 
+# --------------------------------------------------------------------------- collating (stage 1)
+
+
+class Moon3PairCollator:
+    """Rows -> model inputs for stage 1, as chunks of at most `chunk_size` sequences (0 = one chunk).
+
+    Sequences are the B queries first, then the B positives, then `num_hard_negatives` negatives per row (rows with
+    fewer are padded with their own positive, which the loss masks out by key). A query with a reasoning target is
+    the reason-mode sequence `prompt<think>reasoning</think><emb>`, labelled on everything after `<think>` (the SFT
+    target); one without is the direct-mode prompt `...<think></think><emb>`, unlabelled. Products are direct mode.
+
+    Returns a dict: `chunks` (list of processor outputs, each with `labels`), `num_queries` (B) and `doc_keys`
+    (Tensor[N] int64 product keys, N = B * (1 + num_hard_negatives)).
+    """
+
+    def __init__(self, processor, chunk_size: int = 0, num_hard_negatives: int = 0):
+        self.processor = processor
+        self.chunk_size = chunk_size
+        self.num_hard_negatives = num_hard_negatives
+        tokenizer = processor.tokenizer
+        self.think_token_id = tokenizer.convert_tokens_to_ids("<think>")
+        self.closing_text = "</think><emb>"
+
+    def __call__(self, rows: list[dict]) -> dict:
+        import torch
+
+        sequences = []  # (kind, item, reasoning)
+        for row in rows:
+            reasoning = row.get("reasoning")
+            sequences.append(("query", query_item(row["query"]), reasoning.strip() if reasoning else None))
+        documents = [clean_item(row["positive"]) for row in rows]
+        for row in rows:
+            negatives = [clean_item(n) for n in (row.get("negatives") or [])][: self.num_hard_negatives]
+            documents += negatives + [clean_item(row["positive"])] * (self.num_hard_negatives - len(negatives))
+        sequences += [("document", doc, None) for doc in documents]
+        size = self.chunk_size or len(sequences)
+        chunks = [self._encode(sequences[start : start + size]) for start in range(0, len(sequences), size)]
+        doc_keys = torch.tensor([product_key(doc) for doc in documents], dtype=torch.long)
+        return {"chunks": chunks, "num_queries": len(rows), "doc_keys": doc_keys}
+
+    def _encode(self, sequences):
+        import torch
+
+        texts, images = [], []
+        for kind, item, reasoning in sequences:
+            mode = "reason" if reasoning else "direct"
+            (text,), item_images = self.processor.render([item], kind=kind, mode=mode)
+            texts.append(text + reasoning + self.closing_text if reasoning else text)
+            images.extend(item_images)
+        batch = self.processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
+        input_ids = batch["input_ids"]
+        positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)  # (B, L)
+        think_at = torch.where(input_ids == self.think_token_id, positions, -1).amax(dim=1, keepdim=True)  # (B, 1)
+        is_reasoned = torch.tensor([reasoning is not None for _, _, reasoning in sequences]).unsqueeze(1)  # (B, 1)
+        labelled = (positions > think_at) & is_reasoned & batch["attention_mask"].bool()
+        batch["labels"] = input_ids.masked_fill(~labelled, -100)
+        return batch
+
+
 # --------------------------------------------------------------------------- builders
 
 
