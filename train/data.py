@@ -78,7 +78,7 @@ def load_pairs(path: str | Path | list[str | Path], validate: bool = True):
 def validate_row(row: Mapping[str, Any], index: int = 0, source: str = "data") -> None:
     """Raise `ValueError` if `row` is not a valid training row (see the module docstring)."""
     where = f"{source} row {index}"
-    unknown = sorted(set(row) - ROW_KEYS)
+    unknown = sorted(key for key, value in row.items() if key not in ROW_KEYS and value is not None)
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; allowed keys are {sorted(ROW_KEYS)}.")
     query = clean_item(row.get("query"))
