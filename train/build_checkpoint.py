@@ -263,3 +263,33 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def load_for_training(
+    model_name_or_path: str | None,
+    random_model_sizes: dict | None = None,
+    family: str = "qwen3_vl",
+    tokenizer_texts: list[str] | None = None,
+    dtype: str | None = None,
+    seed: int = 0,
+    **config_overrides,
+):
+    """(model, processor) for a training run: a saved MOON3 checkpoint, or a random one of `random_model_sizes` whose
+    tokenizer is trained on `tokenizer_texts` (so that a smoke run needs no files)."""
+    from train.moon3_code import Moon3Model, Moon3Processor
+
+    if random_model_sizes is not None:
+        from train.build_tokenizer import train_tokenizer
+
+        if not tokenizer_texts:
+            raise ValueError("A random model needs tokenizer_texts to train its tokenizer on.")
+        tokenizer = train_tokenizer(tokenizer_texts, vocab_size=min(2000, 300 + 20 * len(tokenizer_texts)))
+        model, processor = build_random(tokenizer, family=family, seed=seed, vlm_sizes=random_model_sizes, **config_overrides)
+        processor.image_processor = build_image_processor(family, min_pixels=32 * 32, max_pixels=64 * 64)
+        return model, processor
+    if model_name_or_path is None:
+        raise ValueError("Give --model_name_or_path (a MOON3 checkpoint folder) or --random_model.")
+    kwargs = {"dtype": dtype} if dtype not in (None, "auto") else {}
+    model = Moon3Model.from_pretrained(model_name_or_path, **kwargs)
+    processor = Moon3Processor.from_pretrained(model_name_or_path)
+    return model, processor

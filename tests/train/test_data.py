@@ -1,0 +1,81 @@
+"""Training-data format: loading, validation errors, builders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from train.data import Moon3PairCollator, fashion_rows, load_pairs, product_key, synthetic_rows, write_jsonl
+from tests.conftest import FASHION_DIR, ABT_BUY_DIR
+
+
+def test_load_pairs_reads_jsonl_and_parquet(tmp_path):
+    rows = synthetic_rows(6)
+    write_jsonl(rows, tmp_path / "rows.jsonl")
+    dataset = load_pairs(tmp_path / "rows.jsonl")
+    dataset.to_parquet(str(tmp_path / "rows.parquet"))
+    assert len(dataset) == 6 and len(load_pairs(tmp_path / "rows.parquet")) == 6
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"positive": {"title": "x"}}, "'query' is missing"),
+        ({"query": {"text": "red"}, "positive": {}}, "'positive'"),
+        ({"query": {"text": "red"}, "positive": {"title": "x"}, "negatives": [{}]}, r"negatives\[0\]"),
+        ({"query": {"text": "red"}, "positive": {"title": "x"}, "score": 1}, "unknown keys"),
+    ],
+)
+def test_malformed_rows_raise_with_row_and_field(tmp_path, row, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"query": {"text": "ok"}, "positive": {"title": "fine"}}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=message) as error:
+        load_pairs(path)
+    assert "row 1" in str(error.value)
+
+
+def test_attribute_rows_get_reasoning_from_the_named_attributes():
+    products = [
+        {"id": str(i), "title": f"t{i}", "attributes": {"gender": "Women", "baseColour": "Blue", "usage": "Casual", "articleType": "Tops"}}
+        for i in range(2)
+    ]
+    rows = fashion_rows(products, kinds=["attribute"])
+    assert rows[0]["query"] == {"text": "women blue casual tops"}
+    assert rows[0]["reasoning"] == "audience: Women; colour: Blue; usage: Casual; type: Tops."
+
+
+def test_collator_labels_only_the_reasoning_and_masks_nothing_else(tiny_model):
+    _, processor = tiny_model
+    rows = synthetic_rows(2)
+    batch = Moon3PairCollator(processor, chunk_size=0)(rows)
+    chunk = batch["chunks"][0]
+    labelled = processor.tokenizer.decode(chunk["labels"][0][chunk["labels"][0] != -100])
+    assert labelled.replace(" ", "") == (rows[0]["reasoning"] + "</think><emb>").replace(" ", "")
+    assert (chunk["labels"][2:] == -100).all()  # documents carry no SFT target
+    assert batch["doc_keys"].tolist() == [product_key(r["positive"]) for r in rows]
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="../shared/data/fashion-product-images is absent")
+def test_fashion_builder_uses_the_fixed_train_split():
+    from train.data import read_fashion_products
+
+    products = read_fashion_products(FASHION_DIR, "train")
+    assert len(products) == 7628
+    rows = fashion_rows(products[:50])
+    assert any("image" in r["query"] for r in rows) and any("text" in r["query"] for r in rows)
+    assert all(r["reasoning"] for r in rows)
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not ABT_BUY_DIR.is_dir(), reason="../shared/data/abt-buy is absent")
+def test_abt_buy_builder_uses_train_pairs_only():
+    import csv
+
+    from train.data import abt_buy_rows
+
+    rows = abt_buy_rows(ABT_BUY_DIR)
+    with (ABT_BUY_DIR / "test.csv").open() as handle:
+        test_pairs = {(r["tableA_name"].strip(), f"buy-{r['tableB_id']}") for r in csv.DictReader(handle) if r["label"] == "1"}
+    assert rows and not {(r["query"]["text"], r["positive"]["id"]) for r in rows} & test_pairs

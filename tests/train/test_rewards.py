@@ -1,0 +1,50 @@
+"""Each reward on hand-built cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from train.rewards import make_format_reward, make_length_reward, reasoning_lengths, retrieval_rank_reward
+
+THINK_END, EMB = 5, 6
+
+
+def test_retrieval_reward_is_one_at_rank_one_and_zero_at_last():
+    rewards = retrieval_rank_reward(completions=["a", "b", "c", "d"], retrieval_rank=[1, 8, 2, None], num_candidates=[8, 8, 8, 8])
+    assert rewards[0] == 1.0
+    assert rewards[1] == pytest.approx(0.0)
+    assert rewards[2] == pytest.approx(1 - math.log(2) / math.log(8))
+    assert rewards[3] is None
+
+
+def test_retrieval_reward_with_a_single_candidate_is_one():
+    assert retrieval_rank_reward(completions=["a"], retrieval_rank=[1], num_candidates=[1]) == [1.0]
+
+
+def test_format_reward_wants_reasoning_then_think_end_then_emb():
+    reward = make_format_reward(THINK_END, EMB)
+    cases = [
+        [1, 2, THINK_END, EMB],  # well formed
+        [THINK_END, EMB],  # empty reasoning is still well formed
+        [1, 2, THINK_END, 3],  # closes but never embeds
+        [1, 2, 3],  # truncated
+        [1, THINK_END, 2, THINK_END, EMB],  # closes twice
+    ]
+    assert reward(completion_ids=cases) == [1.0, 1.0, 0.5, 0.0, 0.5]
+
+
+def test_length_reward_penalises_only_beyond_the_target():
+    reward = make_length_reward(THINK_END, target_tokens=4)
+    cases = [[1, 2, THINK_END, EMB], [1, 2, 3, 4, THINK_END, EMB], [1] * 6 + [THINK_END, EMB], [1] * 20]
+    assert reward(completion_ids=cases) == [0.0, 0.0, -0.5, -1.0]
+
+
+def test_length_reward_rejects_zero_target():
+    with pytest.raises(ValueError, match="target_tokens"):
+        make_length_reward(THINK_END, 0)
+
+
+def test_reasoning_lengths_count_tokens_before_think_end():
+    assert reasoning_lengths([[1, 2, THINK_END, EMB], [1, 2, 3]], THINK_END) == [2, 3]

@@ -1,0 +1,158 @@
+"""Stage 1 and stage 2 trainers on a tiny model: gradient caching, gradient paths, learning, NaN guard, TRL hooks."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+from tests.conftest import build_tiny
+from train.data import Moon3PairCollator, synthetic_rows
+
+
+def retrieval_accuracy(model, processor, rows) -> float:
+    """Direct-mode top-1 accuracy of each row's query against the rows' positives."""
+    from train.data import clean_item, query_item
+
+    queries = model.encode([query_item(r["query"]) for r in rows], processor, kind="query")
+    docs = model.encode([clean_item(r["positive"]) for r in rows], processor, kind="document")
+    return ((queries @ docs.T).argmax(dim=1) == torch.arange(len(rows))).float().mean().item()
+
+
+def stage1_trainer(model, processor, rows, tmp_path, **overrides):
+    from datasets import Dataset
+
+    from train.config import Moon3ContrastiveConfig
+    from train.contrastive_trainer import Moon3ContrastiveTrainer
+    from train.losses import Moon3InfoNCELoss
+
+    settings = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=len(rows),
+                    learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=1, save_strategy="no", seed=0)
+    settings.update(overrides)
+    args = Moon3ContrastiveConfig(**settings)
+    return Moon3ContrastiveTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows),
+        data_collator=Moon3PairCollator(processor, args.embedding_chunk_size), processing_class=processor,
+        loss_fn=Moon3InfoNCELoss(temperature=0.1, matryoshka_dims=[8, 16, 32], gather_across_devices=False),
+    )
+
+
+def perturb_zero_init(model):
+    """Fusion's out_proj and FIRE's gamma start at zero (a fresh model embeds as the backbone); move them off zero so
+    that every module's weights get gradient."""
+    with torch.no_grad():
+        model.fusion.out_proj.weight.normal_(std=0.02)
+        for block in model.fire.values():
+            block.gamma.fill_(0.1)
+
+
+def test_grad_cached_gradient_equals_full_batch_gradient(tiny_tokenizer, tmp_path):
+    rows = synthetic_rows(4)
+    grads = {}
+    for chunk_size in (0, 3):
+        model, processor = build_tiny(tiny_tokenizer)
+        perturb_zero_init(model)
+        trainer = stage1_trainer(model, processor, rows, tmp_path, embedding_chunk_size=chunk_size, sft_weight=0.5)
+        trainer.current_gradient_accumulation_steps = 1
+        batch = Moon3PairCollator(processor, chunk_size)(rows)
+        assert len(batch["chunks"]) == (1 if chunk_size == 0 else 3)
+        trainer.training_step(trainer.model, batch)
+        grads[chunk_size] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    assert grads[0].keys() == grads[3].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[3][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_stage1_overfitting_raises_retrieval_accuracy(tiny_tokenizer, tmp_path):
+    rows = synthetic_rows(8)
+    model, processor = build_tiny(tiny_tokenizer)
+    before = retrieval_accuracy(model, processor, rows)
+    trainer = stage1_trainer(model, processor, rows, tmp_path, max_steps=25, embedding_chunk_size=8)
+    trainer.train()
+    after = retrieval_accuracy(model.eval(), processor, rows)
+    assert after > before and after >= 0.75, (before, after)
+    assert "contrastive/loss" in trainer.state.log_history[0] and "sft/loss" in trainer.state.log_history[0]
+
+
+def test_stage1_nonfinite_loss_names_step_and_term(tiny_tokenizer, tmp_path):
+    rows = synthetic_rows(4)
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = stage1_trainer(model, processor, rows, tmp_path, max_steps=2)
+    trainer.loss_fn.forward = lambda *args, **kwargs: torch.tensor(float("nan"), requires_grad=True)
+    with pytest.raises(FloatingPointError, match=r"contrastive \(InfoNCE\) loss \(nan\) at step 1"):
+        trainer.train()
+
+
+def test_contrastive_gradient_reaches_fusion_fire_and_projection(tiny_tokenizer, product_images):
+    """The embedding from the fused log-prob forward (what GRPO's loss uses) carries gradient to every MOON3 module."""
+    from train.losses import Moon3InfoNCELoss
+    from train.trainer import install_fused_policy_head
+
+    model, processor = build_tiny(tiny_tokenizer)
+    perturb_zero_init(model)
+    model.train()
+    install_fused_policy_head(model)
+    queries = [{"text": "red shirt", "image": product_images["red"]}, {"text": "blue jeans", "image": product_images["wide"]}]
+    texts, images = processor.render(queries, kind="query", mode="reason")
+    batch = processor(text=[t + "colour: Red.</think><emb>" for t in texts], images=images, padding=True, padding_side="left", return_tensors="pt")
+    labels = batch["input_ids"].clone()
+    labels[:, :-5] = -100
+    outputs = model(**batch, labels=labels, fused_lm_head=True)
+    assert outputs.log_probs.shape == (2, batch["input_ids"].shape[1] - 1)
+    docs = model(**processor(products=[{"title": "Red shirt"}, {"title": "Blue jeans"}]), return_embeddings=True).embeddings
+    Moon3InfoNCELoss(gather_across_devices=False)(outputs.embeddings, docs.detach()).backward()
+    for name in ("fusion.out_proj.weight", "fusion.blocks.image.attention.in_proj_weight", "head.proj.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    for block in model.fire.values():
+        assert block.gamma.grad.abs().sum() > 0 and block.value_up.weight.grad.abs().sum() > 0
+
+
+def grpo_trainer(model, processor, rows, tmp_path, **overrides):
+    from datasets import Dataset
+
+    from train.config import Moon3GRPOConfig
+    from train.data import to_grpo_dataset
+    from train.trainer import Moon3GRPOTrainer
+
+    settings = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none",
+                    per_device_train_batch_size=8, num_generations=4, max_completion_length=6,  # 6 tokens: fast
+                    learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=1, save_strategy="no", seed=0,
+                    contrastive_weight=2.0, contrastive_temperature=0.1, target_reasoning_tokens=4)
+    settings.update(overrides)
+    return Moon3GRPOTrainer(model=model, args=Moon3GRPOConfig(**settings), train_dataset=to_grpo_dataset(Dataset.from_list(rows), processor),
+                            processing_class=processor)
+
+
+def test_stage2_overfitting_raises_retrieval_accuracy_and_logs_each_term(tiny_tokenizer, tmp_path):
+    rows = synthetic_rows(8)
+    model, processor = build_tiny(tiny_tokenizer)
+    before = retrieval_accuracy(model, processor, rows)
+    trainer = grpo_trainer(model, processor, rows, tmp_path, max_steps=16)
+    trainer.train()
+    after = retrieval_accuracy(model.eval(), processor, rows)
+    assert after > before, (before, after)
+    logged = trainer.state.log_history[0]
+    for key in ("grpo/loss", "contrastive/loss", "retrieval/in_batch_accuracy", "completions/reasoning_length",
+                "rewards/retrieval_rank_reward/mean", "rewards/format_reward/mean", "rewards/length_reward/mean"):
+        assert key in logged, key
+
+
+def test_stage2_nonfinite_loss_names_step_and_term(tiny_tokenizer, tmp_path):
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = grpo_trainer(model, processor, synthetic_rows(4), tmp_path, max_steps=1, per_device_train_batch_size=4, num_generations=2)
+    trainer.loss_fn.forward = lambda *args, **kwargs: torch.tensor(float("inf"), requires_grad=True)
+    with pytest.raises(FloatingPointError, match=r"contrastive \(InfoNCE\) loss \(inf\) at step 1"):
+        trainer.train()
+
+
+def test_trl_private_hooks_keep_the_signatures_we_rely_on():
+    """Moon3GRPOTrainer overrides/wraps these TRL internals; this fails when an upstream release changes them."""
+    from trl import GRPOTrainer
+
+    assert list(inspect.signature(GRPOTrainer._calculate_rewards).parameters) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
+    assert list(inspect.signature(GRPOTrainer._generate_and_score_completions).parameters) == ["self", "inputs"]
+    source = inspect.getsource(GRPOTrainer._get_per_token_logps_and_entropies)
+    assert "model(**model_inputs, labels=labels, fused_lm_head=True)" in source
+    assert "outputs.log_probs" in source and "outputs.entropy" in source
+    assert "self._compute_loss(model, inputs)" in inspect.getsource(GRPOTrainer.compute_loss)

@@ -1,0 +1,180 @@
+"""Training configs: `Moon3ScriptArguments` (data and model source), `Moon3ContrastiveConfig` (stage 1, cold start)
+and `Moon3GRPOConfig` (stage 2, GRPO + contrastive). Every field has help text, so `--help` is the reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+from trl import GRPOConfig, ScriptArguments
+
+RANDOM_MODEL_SIZES = {
+    # hidden 64, 2 layers: a step in well under a second on one CPU core; for smoke runs and tests.
+    "tiny": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "vision_hidden_size": 32, "vision_depth": 2},
+    # the shipped moon3-mini size (build_checkpoint's defaults)
+    "mini": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "vision_hidden_size": 128, "vision_depth": 2},
+}
+
+
+@dataclass
+class Moon3ScriptArguments(ScriptArguments):
+    """
+    Where the data and the model come from.
+
+    Parameters:
+        dataset_name (`str`): JSONL or Parquet file(s) in MOON3's training format (see `train/data.py`), comma-separated.
+        synthetic_rows (`int`): use N rows of the built-in synthetic catalogue instead of files (0 = off).
+        random_model (`str`): build a random-initialised MOON3 of this size (`tiny`, `mini`) instead of loading
+            `--model_name_or_path`; its tokenizer is trained on the training texts.
+    """
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "JSONL/Parquet file(s) in MOON3's training format (see train/data.py), comma-separated."},
+    )
+    synthetic_rows: int = field(
+        default=0, metadata={"help": "Rows of the built-in synthetic catalogue to train on instead of files (0 = off)."}
+    )
+    random_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Build a random-initialised MOON3 of this size instead of loading --model_name_or_path; the "
+            "tokenizer is trained on the training texts.",
+            "choices": sorted(RANDOM_MODEL_SIZES),
+        },
+    )
+    random_model_family: str = field(
+        default="qwen3_vl",
+        metadata={"help": "Backbone family of --random_model.", "choices": ["qwen3_vl", "qwen2_5_vl"]},
+    )
+    freeze_vision_tower: bool = field(
+        default=False,
+        metadata={
+            "help": "Freeze the vision tower. With text-only data under DDP, either freeze it or set "
+            "ddp_find_unused_parameters=true: its weights take no part in the step."
+        },
+    )
+
+    def __post_init__(self):
+        if self.dataset_name is None and self.synthetic_rows <= 0:
+            raise ValueError("Give --dataset_name (JSONL/Parquet files) or --synthetic_rows N (> 0).")
+        if self.random_model is not None and self.random_model not in RANDOM_MODEL_SIZES:
+            raise ValueError(f"random_model must be one of {sorted(RANDOM_MODEL_SIZES)}, got {self.random_model!r}.")
+
+
+@dataclass
+class Moon3ContrastiveConfig(TrainingArguments):
+    r"""
+    Configuration of stage 1 (cold start): InfoNCE between queries and products plus a weighted SFT loss on
+    reasoning targets, with gradient caching so that the contrastive batch is not bounded by memory.
+
+    > Parameters that control the contrastive loss
+
+        contrastive_temperature (`float`): InfoNCE temperature (divides the cosine similarities).
+        matryoshka_dims (`list[int]`): prefix sizes to train; empty = the model config's `matryoshka_dims`.
+        gather_across_devices (`bool`): use every process's documents as negatives.
+        num_hard_negatives (`int`): hard negatives per row (rows with fewer are padded with their positive, which
+            the loss masks out).
+
+    > Parameters that control the SFT loss and memory
+
+        sft_weight (`float`): weight of the next-token loss on the reasoning targets (0 = no SFT).
+        embedding_chunk_size (`int`): sequences per forward in gradient caching (0 = all at once, no caching).
+        stop_on_nonfinite_loss (`bool`): stop with an error naming the step and the term when a loss is NaN/inf.
+    """
+
+    contrastive_temperature: float = field(
+        default=0.05, metadata={"help": "InfoNCE temperature; cosine similarities are divided by it."}
+    )
+    matryoshka_dims: list[int] | None = field(
+        default=None, metadata={"help": "Matryoshka prefix sizes to train (empty = the model config's)."}
+    )
+    gather_across_devices: bool = field(
+        default=True, metadata={"help": "Gather every process's documents (with gradient) as extra negatives."}
+    )
+    num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per row (0 = none)."})
+    sft_weight: float = field(
+        default=0.1, metadata={"help": "Weight of the SFT loss on the reasoning targets (0 = contrastive only)."}
+    )
+    embedding_chunk_size: int = field(
+        default=0,
+        metadata={
+            "help": "Sequences per forward pass with gradient caching; memory grows with this, not with the batch "
+            "(0 = all sequences in one forward, no caching)."
+        },
+    )
+    stop_on_nonfinite_loss: bool = field(
+        default=True, metadata={"help": "Stop with an error naming the step and the term when a loss is NaN or inf."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Keep the data columns: the MOON3 collator reads them."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.contrastive_temperature <= 0:
+            raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}.")
+        if self.sft_weight < 0 or self.embedding_chunk_size < 0 or self.num_hard_negatives < 0:
+            raise ValueError(
+                f"sft_weight ({self.sft_weight}), embedding_chunk_size ({self.embedding_chunk_size}) and "
+                f"num_hard_negatives ({self.num_hard_negatives}) must be >= 0."
+            )
+
+
+@dataclass
+class Moon3GRPOConfig(GRPOConfig):
+    r"""
+    Configuration of stage 2: TRL's `GRPOConfig` plus the contrastive term and MOON3's rewards.
+
+    > Parameters that control the contrastive loss
+
+        contrastive_weight (`float`): lambda in `loss = grpo + lambda * InfoNCE` (0 = plain GRPO).
+        contrastive_temperature (`float`): InfoNCE temperature (divides the cosine similarities).
+        matryoshka_dims (`list[int]`): prefix sizes to train; empty = the model config's.
+        gather_across_devices (`bool`): use every process's candidates as negatives.
+
+    > Parameters that control the rewards (their weights become TRL's `reward_weights`)
+
+        retrieval_reward_weight, format_reward_weight, length_reward_weight (`float`): weights of each reward.
+        target_reasoning_tokens (`int`): reasoning longer than this is penalised by the length reward.
+        stop_on_nonfinite_loss (`bool`): stop with an error naming the step and the term when a loss is NaN/inf.
+    """
+
+    contrastive_weight: float = field(
+        default=0.5, metadata={"help": "Weight lambda of the InfoNCE term: loss = grpo + lambda * InfoNCE (0 = off)."}
+    )
+    contrastive_temperature: float = field(
+        default=0.05, metadata={"help": "InfoNCE temperature; cosine similarities are divided by it."}
+    )
+    matryoshka_dims: list[int] | None = field(
+        default=None, metadata={"help": "Matryoshka prefix sizes to train (empty = the model config's)."}
+    )
+    gather_across_devices: bool = field(
+        default=True, metadata={"help": "Gather every process's candidates (with gradient) as extra negatives."}
+    )
+    retrieval_reward_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the retrieval-rank reward 1 - log(rank)/log(N)."}
+    )
+    format_reward_weight: float = field(
+        default=0.5, metadata={"help": "Weight of the format reward (completion ends with </think><emb>)."}
+    )
+    length_reward_weight: float = field(
+        default=0.1, metadata={"help": "Weight of the length reward (penalty beyond target_reasoning_tokens)."}
+    )
+    target_reasoning_tokens: int = field(
+        default=64, metadata={"help": "Reasoning tokens allowed before the length reward falls below 0."}
+    )
+    stop_on_nonfinite_loss: bool = field(
+        default=True, metadata={"help": "Stop with an error naming the step and the term when a loss is NaN or inf."}
+    )
+
+    def __post_init__(self):
+        if self.reward_weights is None:
+            self.reward_weights = [self.retrieval_reward_weight, self.format_reward_weight, self.length_reward_weight]
+        super().__post_init__()
+        if self.contrastive_weight < 0:
+            raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}.")
+        if self.contrastive_temperature <= 0:
+            raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}.")
+        if self.target_reasoning_tokens < 1:
+            raise ValueError(f"target_reasoning_tokens must be >= 1, got {self.target_reasoning_tokens}.")

@@ -1,0 +1,63 @@
+"""Stage 2: GRPO + contrastive (MOON3.0's joint RL and contrastive training), with TRL's GRPOTrainer.
+
+Launch:
+
+    # tiny smoke run from a clean checkout (random tiny MOON3, synthetic catalogue): one CPU process, then two
+    accelerate launch --config_file train/accelerate/cpu_1proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml
+    accelerate launch --config_file train/accelerate/cpu_2proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml
+    # a real backbone on GPUs (after stage 1), DeepSpeed ZeRO-2, vLLM generation through TRL's option
+    accelerate launch --config_file train/accelerate/zero2.yaml train/grpo_contrastive.py --config train/recipes/qwen3_vl_2b_grpo.yaml
+
+How this departs from textbook GRPO (DeepSeekMath):
+- The reward is not a verifier's verdict but how well the reasoning helps the embedding retrieve: each completion
+  `reasoning</think><emb>` is embedded at `<emb>` and its positive product is ranked among the batch's candidates
+  (products embedded in direct mode by the current model), reward `1 - log(rank)/log(N)`; plus a format reward
+  (ends with `</think><emb>`) and a length penalty, weighted by `--retrieval_reward_weight` etc.
+- The loss adds `contrastive_weight * InfoNCE` on the completions' embeddings to TRL's GRPO loss. Those embeddings
+  come from the same forward pass as the token log-probabilities (MOON3 returns both), so the contrastive term costs
+  no extra policy forward; the candidates carry no gradient (they were embedded while scoring).
+- Generation stops at `<emb>` instead of the tokenizer's end-of-sequence token.
+- Everything else (group-normalised advantages, clipping, KL with `--beta`, vLLM, DeepSpeed) is TRL's, unchanged.
+
+DDP: text-only data leaves the vision tower out of the step; the recipes set `ddp_find_unused_parameters: true`
+(the policy runs exactly one forward per backward, so this is safe), or pass `--freeze_vision_tower`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (`accelerate launch train/grpo_contrastive.py`): make `train` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+logger = logging.getLogger(__name__)
+
+
+def make_parser():
+    from trl import ModelConfig, TrlParser
+
+    from train.config import Moon3GRPOConfig, Moon3ScriptArguments
+
+    return TrlParser((Moon3ScriptArguments, Moon3GRPOConfig, ModelConfig))
+
+
+def main(argv: list[str] | None = None):
+    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from train.cold_start import build_model, load_rows
+    from train.data import to_grpo_dataset
+    from train.trainer import Moon3GRPOTrainer
+
+    rows = load_rows(script_args)
+    model, processor = build_model(script_args, model_args, rows)
+    dataset = to_grpo_dataset(rows, processor)
+    trainer = Moon3GRPOTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=processor)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,238 @@
+"""Stage 2: `Moon3GRPOTrainer`, TRL's `GRPOTrainer` plus a contrastive term on the completions' embeddings.
+
+Per step, on top of TRL's GRPO:
+- rewards: before TRL's reward functions run, each completion is embedded (no gradient) at its `<emb>` and ranked
+  against the batch's candidates (positive products and one hard negative per row, gathered across processes),
+  which were embedded in direct mode with the current model; the rank goes to `retrieval_rank_reward`;
+- loss: `grpo + contrastive_weight * InfoNCE(completion embeddings, candidates)`, where the completion embeddings come
+  from the very forward pass that gives TRL its token log-probabilities (MOON3 reads `<emb>` in that pass).
+
+TRL hooks used (pinned by `trl>=1.16,<1.17`; `tests/train/test_trl_hooks.py` fails if their signatures change):
+`_calculate_rewards`, `_generate_and_score_completions` (both called through `super()`) and the fused LM head of
+`_get_per_token_logps_and_entropies` (`model(..., labels=..., fused_lm_head=True).log_probs / .entropy`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import types
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import ModelOutput
+from trl import GRPOTrainer
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+from train.contrastive_trainer import check_finite
+from train.data import clean_item, product_key
+from train.distributed import gather_no_grad
+from train.losses import Moon3InfoNCELoss, in_batch_accuracy
+from train.rewards import moon3_reward_funcs, reasoning_lengths
+
+
+@dataclass
+class Moon3PolicyOutput(ModelOutput):
+    """What TRL's fused-LM-head call gets from a MOON3 policy: per-token `log_probs` and `entropy` (Tensor[B, L-1],
+    zero before the first scored position), and the `embeddings` (Tensor[B, E]) read at `<emb>` in the same pass."""
+
+    log_probs: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
+    loss: torch.Tensor | None = None
+
+
+def install_fused_policy_head(model, temperature: float = 1.0) -> None:
+    """Make `model(..., labels=labels, fused_lm_head=True)` return `Moon3PolicyOutput` (log-probs, entropy AND the
+    embedding) in one forward.
+
+    TRL's own fused head reads `model.base_model(...).last_hidden_state`, which would skip MOON3's FIRE, fusion and
+    `<emb>` readout; this replaces it. Without `fused_lm_head` the model's own forward runs (generation is unchanged).
+    """
+
+    @functools.wraps(type(model).forward)  # generate() validates its kwargs against this signature
+    def forward(self, *args, fused_lm_head=False, labels=None, **kwargs):
+        if not fused_lm_head:
+            if kwargs.get("raw_signals") is None and (kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None):
+                # A decode step of generate(): a row that already produced <emb> feeds it back while the others
+                # continue; there is no embedding to read there (and no prompt signals for the fusion module).
+                kwargs.setdefault("return_embeddings", False)
+            return type(self).forward(self, *args, labels=labels, **kwargs)
+        kwargs.pop("num_items_in_batch", None)
+        scored = (labels != -100).any(dim=0).nonzero()  # columns whose token is scored
+        first = int(scored[0]) if len(scored) else labels.shape[1] - 1
+        keep = labels.shape[1] - first + 1  # logits of positions first-1 .. L-1
+        outputs = type(self).forward(self, *args, logits_to_keep=keep, return_embeddings=True, use_cache=False, **kwargs)
+        logits = outputs.logits[:, :-1].float() / temperature  # (B, keep - 1, V) predicts labels[:, first:]
+        targets = labels[:, first:]
+        log_probs = selective_log_softmax(logits, targets.clamp(min=0)).masked_fill(targets == -100, 0.0)
+        pad = (first - 1, 0)
+        return Moon3PolicyOutput(
+            log_probs=F.pad(log_probs, pad),  # (B, L - 1)
+            entropy=F.pad(entropy_from_logits(logits), pad),
+            embeddings=outputs.embeddings,
+        )
+
+    model.forward = types.MethodType(forward, model)
+
+
+class Moon3GRPOTrainer(GRPOTrainer):
+    """GRPO with MOON3's rewards and a contrastive term on the completions' embeddings.
+
+    Args:
+        model (`Moon3Model`): the policy (a MOON3 model instance).
+        args (`Moon3GRPOConfig`): TRL's GRPO settings plus the contrastive and reward settings.
+        train_dataset: rows in MOON3's format with TRL's `prompt` (and `images`) columns (`train.data.to_grpo_dataset`).
+        processing_class (`Moon3Processor`): the model's processor.
+        loss_fn (`Moon3InfoNCELoss`, *optional*): built from `args` when omitted.
+        reward_funcs (*optional*): defaults to retrieval rank, format and length (`train.rewards.moon3_reward_funcs`).
+
+    Example:
+
+    ```python
+    >>> trainer = Moon3GRPOTrainer(model=model, args=Moon3GRPOConfig(...), train_dataset=to_grpo_dataset(rows, processor),
+    ...                            processing_class=processor)
+    >>> trainer.train()
+    ```
+    """
+
+    def __init__(self, model, args, train_dataset, processing_class, loss_fn: Moon3InfoNCELoss | None = None, reward_funcs=None, **kwargs):
+        config = model.config
+        # Completions must end `reasoning</think><emb>`: stop generating at <emb>.
+        model.generation_config.eos_token_id = config.emb_token_id
+        model.generation_config.pad_token_id = config.pad_token_id
+        if reward_funcs is None:
+            reward_funcs = moon3_reward_funcs(config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens)
+        super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, processing_class=processing_class, **kwargs)
+        self.loss_fn = loss_fn or Moon3InfoNCELoss(
+            temperature=args.contrastive_temperature,
+            matryoshka_dims=args.matryoshka_dims or config.matryoshka_dims,
+            gather_across_devices=args.gather_across_devices,
+        )
+        install_fused_policy_head(self.accelerator.unwrap_model(self.model), temperature=self.temperature)
+        self._pending_candidates: dict[str, torch.Tensor] = {}
+
+    # ----- loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        with self._capture_policy_embeddings() as captured:
+            grpo_loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        completion_embeddings = torch.cat(captured)  # (B, E), from the forward that gave the log-probs
+        doc_embeddings = torch.cat([inputs["positive_embeddings"], inputs["negative_embeddings"]])  # (2B, E)
+        doc_keys = torch.cat([inputs["positive_keys"], inputs["negative_keys"]])  # (2B,)
+        contrastive = self.loss_fn(completion_embeddings, doc_embeddings, doc_keys=doc_keys)
+        loss = grpo_loss + self.args.contrastive_weight * contrastive / self.current_gradient_accumulation_steps
+        self._check_and_log(grpo_loss * self.current_gradient_accumulation_steps, contrastive, completion_embeddings, doc_embeddings, doc_keys)
+        return loss
+
+    @contextlib.contextmanager
+    def _capture_policy_embeddings(self):
+        """Collect the `<emb>` embeddings of the policy forwards run inside the block (a forward hook, removed after)."""
+        captured: list[torch.Tensor] = []
+
+        def hook(module, args, output):
+            if isinstance(output, Moon3PolicyOutput):
+                captured.append(output.embeddings)
+
+        handle = self.accelerator.unwrap_model(self.model).register_forward_hook(hook)
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    def _check_and_log(self, grpo_loss, contrastive, completion_embeddings, doc_embeddings, doc_keys) -> None:
+        step = self.state.global_step + 1
+        if self.args.stop_on_nonfinite_loss:
+            check_finite(grpo_loss.detach(), "GRPO", step)
+            check_finite(contrastive.detach(), "contrastive (InfoNCE)", step)
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["grpo/loss"].append(grpo_loss.item())
+        metrics["contrastive/loss"].append(contrastive.item())
+        metrics["retrieval/in_batch_accuracy"].append(in_batch_accuracy(completion_embeddings, doc_embeddings, doc_keys))
+
+    # ----- candidates and retrieval ranks (for the rewards and the contrastive term)
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        output.update(self._pending_candidates)  # per-row tensors: they follow TRL's shuffle and split
+        self._pending_candidates = {}
+        return output
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        candidates = self._embed_candidates(inputs)
+        completion_embeddings = self._embed_completions(prompts, inputs, completion_ids_list)  # (B, E)
+        ranks, total = self._retrieval_ranks(completion_embeddings, candidates)
+        for row, rank in zip(inputs, ranks, strict=True):
+            row["retrieval_rank"], row["num_candidates"] = rank, total
+        lengths = reasoning_lengths(completion_ids_list, self.model.config.think_end_token_id)
+        self._metrics["train" if self.model.training else "eval"]["completions/reasoning_length"].append(
+            sum(lengths) / max(len(lengths), 1)
+        )
+        self._pending_candidates = candidates
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        for row in inputs:
+            row.pop("retrieval_rank"), row.pop("num_candidates")
+        return rewards
+
+    @torch.no_grad()
+    def _embed_candidates(self, inputs) -> dict[str, torch.Tensor]:
+        """Direct-mode embeddings of each row's positive and first hard negative (the positive again when the row has
+        none; the loss masks it by key). Each distinct product is embedded once."""
+        positives = [clean_item(row["positive"]) for row in inputs]
+        negatives = [(clean_item(row.get("negatives") or []) or [positive])[0] for row, positive in zip(inputs, positives, strict=True)]
+        keys = [product_key(product) for product in positives + negatives]
+        unique = dict(zip(keys, positives + negatives, strict=True))
+        model = self.accelerator.unwrap_model(self.model)
+        batch = self.processing_class(products=list(unique.values()), mode="direct").to(self.accelerator.device)
+        embeddings = model(**batch, return_embeddings=True).embeddings  # (U, E)
+        index = {key: i for i, key in enumerate(unique)}
+        rows = torch.tensor([index[key] for key in keys], device=embeddings.device)
+        key_tensor = torch.tensor(keys, dtype=torch.long, device=embeddings.device)
+        half = len(positives)
+        return {
+            "positive_embeddings": embeddings[rows[:half]],
+            "negative_embeddings": embeddings[rows[half:]],
+            "positive_keys": key_tensor[:half],
+            "negative_keys": key_tensor[half:],
+        }
+
+    @torch.no_grad()
+    def _embed_completions(self, prompts, inputs, completion_ids_list) -> torch.Tensor:
+        """Embeddings at each completion's `<emb>` (or its last token), prompt and completion in one forward."""
+        processor = self.processing_class
+        texts = [processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) for prompt in prompts]
+        images = [image for row in inputs for image in (row.get("images") or [])]
+        batch = processor(text=texts, images=images or None, padding=True, padding_side="right", return_tensors="pt")
+        sequences, type_ids = [], []
+        for row, completion in enumerate(completion_ids_list):
+            length = int(batch["attention_mask"][row].sum())
+            sequences.append(torch.cat([batch["input_ids"][row, :length], torch.tensor(completion, dtype=torch.long)]))
+            type_ids.append(F.pad(batch["mm_token_type_ids"][row, :length], (0, len(completion))))
+        width = max(len(s) for s in sequences)
+        pad_id = self.model.config.pad_token_id
+        model_inputs = {
+            "input_ids": torch.stack([F.pad(s, (width - len(s), 0), value=pad_id) for s in sequences]),
+            "attention_mask": torch.stack([F.pad(torch.ones_like(s), (width - len(s), 0)) for s in sequences]),
+            "mm_token_type_ids": torch.stack([F.pad(t, (width - len(t), 0)) for t in type_ids]),
+        }
+        for key in ("pixel_values", "image_grid_thw"):
+            if key in batch:
+                model_inputs[key] = batch[key]
+        model_inputs = {key: value.to(self.accelerator.device) for key, value in model_inputs.items()}
+        model = self.accelerator.unwrap_model(self.model)
+        return model(**model_inputs, return_embeddings=True).embeddings
+
+    def _retrieval_ranks(self, completion_embeddings, candidates) -> tuple[list[int], int]:
+        """1-based rank of each row's positive among the distinct candidates of all processes, and their count."""
+        keys = gather_no_grad(torch.cat([candidates["positive_keys"], candidates["negative_keys"]]))  # (W * 2B,)
+        docs = gather_no_grad(torch.cat([candidates["positive_embeddings"], candidates["negative_embeddings"]]))
+        first = {int(key): i for i, key in reversed(list(enumerate(keys.tolist())))}
+        distinct = torch.tensor(sorted(first.values()), device=docs.device)
+        scores = completion_embeddings.float() @ docs[distinct].float().T  # (B, U)
+        positive_column = torch.tensor(
+            [distinct.tolist().index(first[int(key)]) for key in candidates["positive_keys"]], device=docs.device
+        )
+        positive_scores = scores.gather(1, positive_column.unsqueeze(1))  # (B, 1)
+        ranks = (scores > positive_scores).sum(dim=1) + 1  # (B,)
+        return ranks.tolist(), len(distinct)
