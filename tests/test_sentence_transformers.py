@@ -360,3 +360,28 @@ def test_unknown_mode_is_rejected(st_tiny):
     st, _, _ = st_tiny
     with pytest.raises(ValueError, match="mode must be one of"):
         st.encode(["navy shirt"], mode="think")
+
+
+# ---------------------------------------------------------------- speed script
+
+
+def test_speed_measure_returns_one_row_per_case_and_mode(st_tiny, product_images):
+    from benchmarks.speed_sentence_transformers import format_table, measure
+
+    st, model, processor = st_tiny
+    products = [{"title": "Red dress", "images": [product_images["red"]]}]
+    queries = [{"text": "red dress", "image": product_images["wide"]}]
+    rows = measure(model, processor, st, products, queries, batch_size=2, modes=("direct", "reason"), repeats=1)
+    assert [(row["case"], row["mode"]) for row in rows] == [
+        (case, mode) for mode in ("direct", "reason") for case in ("products", "queries", "mixed")
+    ]
+    assert all(row["ratio"] > 0 for row in rows)
+    assert "SentenceTransformer.encode" in format_table(rows)
+
+
+def test_speed_script_help_runs_without_building_a_model():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.speed_sentence_transformers", "--help"],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+    )
+    assert result.returncode == 0 and "--num-items" in result.stdout
