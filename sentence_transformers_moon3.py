@@ -163,7 +163,9 @@ class Moon3SentenceTransformer(InputModule):
             try:
                 item_texts, item_images = processor.render([item], kind=item_kind, mode=mode)
             except (ValueError, TypeError) as error:
-                raise type(error)(f"MOON3 cannot encode the input {_describe(item)} as a {item_kind}: {error}") from error
+                raise type(error)(
+                    f"MOON3 cannot encode the input {_describe(item)} as a {item_kind}: {error}"
+                ) from error
             texts.extend(item_texts)
             images.extend(item_images)
         batch = self.processor(
@@ -265,9 +267,7 @@ class Moon3SentenceTransformer(InputModule):
             raise ValueError(
                 f"outputs {missing[:5]} hold no 'reasoning_ids'. Encode with mode='reason' and output_value=None."
             )
-        return [
-            self.processor.decode(output["reasoning_ids"], skip_special_tokens=True) for output in outputs
-        ]
+        return [self.processor.decode(output["reasoning_ids"], skip_special_tokens=True) for output in outputs]
 
     # ------------------------------------------------------------------ save / load
 

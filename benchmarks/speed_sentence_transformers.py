@@ -51,7 +51,11 @@ def make_items(count: int, image_size: int, seed: int) -> tuple[list[dict], list
         colour, kind = colours[index % len(colours)], types[index % len(types)]
         if index % 2 == 0:
             products.append(
-                {"title": f"Brand {index} {colour} {kind}", "attributes": {"colour": colour, "type": kind}, "images": [image()]}
+                {
+                    "title": f"Brand {index} {colour} {kind}",
+                    "attributes": {"colour": colour, "type": kind},
+                    "images": [image()],
+                }
             )
         else:
             queries.append({"text": f"{colour.lower()} {kind.lower()} like this", "image": image()})
@@ -90,6 +94,34 @@ def _timed(function) -> float:
     return time.perf_counter() - start
 
 
+def _cases(model, processor, st_model, products, queries, batch_size: int, mode: str) -> dict[str, tuple]:
+    """{case: (the model's own call, the sentence-transformers call, item count)} over the same items."""
+
+    def own_products():
+        return model.encode(products, processor, kind="document", mode=mode, batch_size=batch_size)
+
+    def own_queries():
+        return model.encode(queries, processor, kind="query", mode=mode, batch_size=batch_size)
+
+    return {
+        "products": (
+            own_products,
+            lambda: st_model.encode_document(products, mode=mode, batch_size=batch_size),
+            len(products),
+        ),
+        "queries": (
+            own_queries,
+            lambda: st_model.encode_query(queries, mode=mode, batch_size=batch_size),
+            len(queries),
+        ),
+        "mixed": (
+            lambda: (own_products(), own_queries()),
+            lambda: st_model.encode(products + queries, mode=mode, batch_size=batch_size),
+            len(products) + len(queries),
+        ),
+    }
+
+
 def measure(
     model,
     processor,
@@ -107,26 +139,7 @@ def measure(
     """
     rows = []
     for mode in modes:
-        cases = {
-            "products": (
-                lambda: model.encode(products, processor, kind="document", mode=mode, batch_size=batch_size),
-                lambda: st_model.encode_document(products, mode=mode, batch_size=batch_size),
-                len(products),
-            ),
-            "queries": (
-                lambda: model.encode(queries, processor, kind="query", mode=mode, batch_size=batch_size),
-                lambda: st_model.encode_query(queries, mode=mode, batch_size=batch_size),
-                len(queries),
-            ),
-            "mixed": (
-                lambda: (
-                    model.encode(products, processor, kind="document", mode=mode, batch_size=batch_size),
-                    model.encode(queries, processor, kind="query", mode=mode, batch_size=batch_size),
-                ),
-                lambda: st_model.encode(products + queries, mode=mode, batch_size=batch_size),
-                len(products) + len(queries),
-            ),
-        }
+        cases = _cases(model, processor, st_model, products, queries, batch_size, mode)
         for case, (own_call, st_call, count) in cases.items():
             own_call(), st_call()  # warm-up: first-call allocations and lazy imports
             own_times, st_times = [], []
@@ -135,7 +148,14 @@ def measure(
                 st_times.append(_timed(st_call))
             own, st = statistics.median(own_times), statistics.median(st_times)
             rows.append(
-                {"case": case, "mode": mode, "items": count, "model_encode_s": own, "st_encode_s": st, "ratio": st / own}
+                {
+                    "case": case,
+                    "mode": mode,
+                    "items": count,
+                    "model_encode_s": own,
+                    "st_encode_s": st,
+                    "ratio": st / own,
+                }
             )
     return rows
 

@@ -213,7 +213,11 @@ def make_chatty(model, processor) -> None:
 def test_reason_mode_matches_model_and_returns_the_reasoning(st_tiny, product_images):
     st, model, processor = st_tiny
     make_chatty(model, processor)
-    queries = ["men navy blue casual shirts", product_images["red"], {"text": "red shoes", "image": product_images["wide"]}]
+    queries = [
+        "men navy blue casual shirts",
+        product_images["red"],
+        {"text": "red shoes", "image": product_images["wide"]},
+    ]
     expected, expected_reasoning = model.encode(
         queries, processor, kind="query", mode="reason", batch_size=8, return_reasoning=True
     )
@@ -382,6 +386,9 @@ def test_speed_measure_returns_one_row_per_case_and_mode(st_tiny, product_images
 def test_speed_script_help_runs_without_building_a_model():
     result = subprocess.run(
         [sys.executable, "-m", "benchmarks.speed_sentence_transformers", "--help"],
-        capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
     )
     assert result.returncode == 0 and "--num-items" in result.stdout
