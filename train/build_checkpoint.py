@@ -140,7 +140,9 @@ def register_auto_classes() -> None:
 
 
 def save_checkpoint(model, processor, out: Path) -> None:
-    """Save model + processor into `out` atomically (written to a temporary folder, then moved in)."""
+    """Save model + processor (and the sentence-transformers files) into `out` atomically (staged, then moved in)."""
+    from train.write_st_files import write_st_files
+
     register_auto_classes()
     model.config.auto_map = {
         "AutoConfig": "configuration_moon3.Moon3Config",
@@ -154,6 +156,8 @@ def save_checkpoint(model, processor, out: Path) -> None:
     with tempfile.TemporaryDirectory(dir=out, prefix=".build-") as staging:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
+        # Every checkpoint is also a sentence-transformers model (prompts = this processor's instructions).
+        write_st_files(Path(staging), processor.product_instruction, processor.query_instruction)
         for path in Path(staging).iterdir():
             path.chmod(0o644)
             target = out / path.name
