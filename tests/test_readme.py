@@ -51,3 +51,19 @@ def test_ci_script_runs_the_readme_test_command():
     ).stdout.strip()
     assert extracted == command
     assert "README.md" in (REPO_ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs ../shared/data/fashion-product-images")
+def test_sentence_transformers_example_runs_against_the_root_checkpoint():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-c", readme_block("readme-example: sentence-transformers")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "torch.Size([3, 1])" in result.stdout

@@ -56,44 +56,30 @@ def test_minilm_is_text_only_and_reports_na_for_images(tiny_fashion):
     assert metrics["fashion/retrieval/text2product/recall@10"] > 0.5
 
 
-class _FakeMultimodalModel:
-    """Stands in for SentenceTransformer(moon3, trust_remote_code=True): records what it is given."""
+def test_moon3_through_sentence_transformers_runs_image_tasks_and_matches_its_own_encode(
+    tiny_fashion, tiny_checkpoint
+):
+    """The multimodal path end to end: a real (tiny, random) MOON3 checkpoint loaded by SentenceTransformer."""
+    import torch
+    from transformers import AutoModel, AutoProcessor
 
-    modalities = ["text", "image", "message"]
-
-    def __init__(self):
-        self.calls = []
-
-    def _encode(self, side, inputs, **kwargs):
-        self.calls.append((side, inputs))
-        return np.ones((len(inputs), 4), dtype=np.float32) / 2
-
-    def encode_query(self, inputs, **kwargs):
-        return self._encode("query", inputs, **kwargs)
-
-    def encode_document(self, inputs, **kwargs):
-        return self._encode("document", inputs, **kwargs)
-
-
-def test_multimodal_model_gets_dicts_records_and_images_unflattened(tiny_fashion):
-    from PIL import Image
-
-    from benchmarks.encoders import MODALITIES, SentenceTransformerEncoder
+    from benchmarks.encoders import load_model
 
     data = load_bench_data(tiny_fashion)
-    encoder = SentenceTransformerEncoder.__new__(SentenceTransformerEncoder)
-    encoder.model, encoder.batch_size, encoder.name, encoder.revision = _FakeMultimodalModel(), 2, "fake", None
-    encoder.modalities = frozenset(encoder.model.modalities) & MODALITIES
-    image = data.resolve(data.products[0]["images"][0])
-    encoder.encode_queries(
-        [{"text": "red shirt", "image": None}, {"text": None, "image": image}, {"text": "red", "image": image}]
-    )
-    side, inputs = encoder.model.calls[-1]
-    assert side == "query" and inputs[0] == "red shirt" and isinstance(inputs[1], Image.Image)
-    assert inputs[2]["text"] == "red" and isinstance(inputs[2]["image"], Image.Image)
-    record = {"id": "1", "title": "Red Shirt", "attributes": {"gender": "Men"}, "images": [image]}
-    encoder.encode_documents([record])
-    side, inputs = encoder.model.calls[-1]
-    assert side == "document" and inputs[0]["title"] == "Red Shirt" and inputs[0]["attributes"] == {"gender": "Men"}
-    assert isinstance(inputs[0]["images"][0], Image.Image)
-    assert not RetrievalTask(data, "text2image").missing_modalities(encoder)
+    encoder = load_model(str(tiny_checkpoint), trust_remote_code=True, device="cpu", batch_size=4)
+    assert encoder.modalities == frozenset({"text", "image"})
+    for name in ("text2image", "image2text", "image2product"):
+        metrics = RetrievalTask(data, name)(encoder)
+        assert metrics and all(value is not None and 0.0 <= value <= 1.0 for value in metrics.values()), name
+
+    product = data.products[0]
+    record = {
+        "title": product["title"],
+        "attributes": product["attributes"],
+        "images": [data.resolve(product["images"][0])],
+    }
+    via_benchmark = encoder.encode_documents([record])
+    model = AutoModel.from_pretrained(tiny_checkpoint, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint, trust_remote_code=True)
+    own = model.encode([record], processor, kind="document")
+    torch.testing.assert_close(torch.from_numpy(via_benchmark), own, atol=1e-5, rtol=0)
