@@ -7,6 +7,7 @@ Prints three tables:
   (a) direct mode with fusion + FIRE on vs off (same weights)           target <= 1.10x
   (b) reason mode (generate + one <emb> step) vs generate alone          target <= 1.15x (no second prefill)
   (c) items per second in direct mode at several batch sizes
+  (d) SentenceTransformer.encode vs the model's own encode on the same items   target <= 1.05x
 Runs alternate A, B, A, B, ... and report medians, so machine noise hits both sides alike.
 """
 
@@ -29,27 +30,6 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and images")
     return parser
-
-
-def make_items(count: int, image_size: int, seed: int) -> list[dict]:
-    """Products with a title, attributes and one noise image of `image_size` x `image_size`."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    colours = ["Navy Blue", "Black", "Red", "White", "Green"]
-    types = ["Shirts", "Track Pants", "Casual Shoes", "Watches", "Handbags"]
-    items = []
-    for index in range(count):
-        pixels = rng.integers(0, 255, size=(image_size, image_size, 3), dtype=np.uint8)
-        items.append(
-            {
-                "title": f"Brand{index} Men {colours[index % 5]} {types[index % 5]} style {index}",
-                "attributes": {"colour": colours[index % 5], "type": types[index % 5], "usage": "Casual"},
-                "images": [Image.fromarray(pixels)],
-            }
-        )
-    return items
 
 
 def timed(function, repeats: int, warmup: int = 2) -> list[float]:
@@ -75,12 +55,19 @@ def alternate(first, second, repeats: int) -> tuple[float, float]:
     return statistics.median(a_times), statistics.median(b_times)
 
 
+def make_items(count: int, image_size: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(products, queries), each with one noise image; shared with the sentence-transformers speed script."""
+    from benchmarks.speed_sentence_transformers import make_items as make_products_and_queries
+
+    return make_products_and_queries(2 * count, image_size, seed)
+
+
 def build_pair(args):
     """The same random weights with fusion + FIRE on and off, and the processor."""
     from train.build_checkpoint import build_random
     from train.build_tokenizer import train_tokenizer
 
-    corpus = [item["title"] + " " + str(item["attributes"]) for item in make_items(64, 8, args.seed)]
+    corpus = [item["title"] + " " + str(item["attributes"]) for item in make_items(64, 8, args.seed)[0]]
     tokenizer = train_tokenizer(corpus * 4, vocab_size=2000)
     sizes = {"hidden_size": args.hidden_size, "num_layers": args.num_layers}
     full, processor = build_random(
@@ -107,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     full, plain, processor = build_pair(args)
-    items = make_items(max(args.batch_size, max(args.batch_sizes)), args.image_size, args.seed)
+    items, queries = make_items(max(args.batch_size, max(args.batch_sizes)), args.image_size, args.seed)
     batch = processor(products=items[: args.batch_size])
     print(
         f"config: hidden {args.hidden_size}, {args.num_layers} layers, {args.image_size}x{args.image_size} image "
@@ -158,6 +145,16 @@ def main(argv: list[str] | None = None) -> None:
             sub_batch = processor(products=sub_items)
             model_only = statistics.median(timed(lambda batch=sub_batch: full(**batch), args.repeats))
             print(f"| {size} | {size / end_to_end:.1f} | {size / model_only:.1f} |")
+
+    from benchmarks.speed_sentence_transformers import format_table, measure, wrap_in_sentence_transformer
+
+    st_model = wrap_in_sentence_transformer(full, processor)
+    count = args.batch_size * 2
+    rows = measure(
+        full, processor, st_model, items[:count], queries[:count], args.batch_size, ("direct",), args.repeats
+    )
+    print(f"\n(d) SentenceTransformer.encode vs Moon3Model.encode, {count} products and {count} queries, direct mode")
+    print(format_table(rows))
 
 
 if __name__ == "__main__":

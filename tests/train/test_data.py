@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from tests.conftest import ABT_BUY_DIR, FASHION_DIR
 from train.data import Moon3PairCollator, fashion_rows, load_pairs, product_key, synthetic_rows, write_jsonl
-from tests.conftest import FASHION_DIR, ABT_BUY_DIR
 
 
 def test_load_pairs_reads_jsonl_and_parquet(tmp_path):
