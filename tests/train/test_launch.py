@@ -42,15 +42,34 @@ def test_tiny_cold_start_recipe_runs_on_two_processes(tmp_path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_final_step(tmp_path):
-    """Stop a run after its step-4 checkpoint (as a kill would), resume from it, and reach step 8 like a full run."""
+    """SIGKILL a run once its step-4 checkpoint exists, resume from the last checkpoint, reach step 8."""
+    import signal
+    import time
+
+    from transformers.trainer_utils import get_last_checkpoint
+
     from train.moon3_code import Moon3Model
 
     recipe = ["--output_dir", str(tmp_path), "--max_steps", "8", "--save_steps", "4"]
-    # A run killed after step 4: emulate with a run of 4 steps whose scheduler and checkpoint think in 8-step terms.
-    launch("cpu_1proc.yaml", "train/grpo_contrastive.py", "train/recipes/tiny_grpo.yaml", *recipe, "--max_steps", "4")
-    checkpoint = tmp_path / "checkpoint-4"
-    assert checkpoint.is_dir()
+    command = [ACCELERATE, "launch", "--config_file", "train/accelerate/cpu_1proc.yaml", "train/grpo_contrastive.py",
+               "--config", "train/recipes/tiny_grpo.yaml", *recipe]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    run = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while not (tmp_path / "checkpoint-4" / "trainer_state.json").is_file():
+            assert run.poll() is None, "the run ended before it wrote checkpoint-4"
+            assert time.monotonic() < deadline, "no checkpoint-4 within 240 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # the launcher and its training process, wherever they are
+        run.wait()
+    assert not (tmp_path / "checkpoint-8" / "trainer_state.json").is_file(), "killed too late to test resuming"
+
+    last = get_last_checkpoint(str(tmp_path))
+    assert last is not None and int(last.rsplit("-", 1)[1]) >= 4
     launch("cpu_1proc.yaml", "train/grpo_contrastive.py", "train/recipes/tiny_grpo.yaml", *recipe,
-           "--resume_from_checkpoint", str(checkpoint))
+           "--resume_from_checkpoint", last)
     assert final_step(tmp_path) == 8
-    Moon3Model.from_pretrained(tmp_path / "checkpoint-8")  # the checkpoint loads
+    Moon3Model.from_pretrained(tmp_path / "checkpoint-8")  # the final checkpoint loads
