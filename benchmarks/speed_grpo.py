@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 from transformers import PrinterCallback, TrainerCallback
 
 # Methods whose time is reported per step (those a trainer lacks are skipped).
-PHASES = ("_generate", "_calculate_rewards", "_embed_candidates", "_embed_completions", "compute_loss")
+PHASES = ("_generate_and_score_completions", "_generate", "_calculate_rewards", "_embed_candidates", "compute_loss")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -76,7 +76,8 @@ class TakeTurns(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         wall, cpu = time.perf_counter() - self._start[0], time.process_time() - self._start[1]
-        self.steps.append({"wall": wall, "cpu": cpu, **self.phases})
+        rest = wall - self.phases["_generate_and_score_completions"] - self.phases["compute_loss"]
+        self.steps.append({"wall": wall, "cpu": cpu, **self.phases, "backward + optimizer (rest)": rest})
         self.other.set()
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"\nper-pair wall ratios, sorted: {' '.join(f'{r:.2f}' for r in ratios)}")
     print("\n| phase (median s/step) | plain | MOON3 |")
     print("|---|---|---|")
-    for name in PHASES:
+    for name in (*PHASES, "backward + optimizer (rest)"):
         cells = [f"{median(s[name] for s in steps):.3f}" if steps and name in steps[0] else "-"
                  for steps in (plain_steps, moon3_steps)]
         print(f"| `{name}` | {cells[0]} | {cells[1]} |")
