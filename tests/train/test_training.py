@@ -68,7 +68,7 @@ def test_stage1_overfitting_raises_retrieval_accuracy(tiny_tokenizer, tmp_path):
     rows = synthetic_rows(8)
     model, processor = build_tiny(tiny_tokenizer)
     before = retrieval_accuracy(model, processor, rows)
-    trainer = stage1_trainer(model, processor, rows, tmp_path, max_steps=25, embedding_chunk_size=8)
+    trainer = stage1_trainer(model, processor, rows, tmp_path, max_steps=16, learning_rate=2e-3, embedding_chunk_size=8)
     trainer.train()
     after = retrieval_accuracy(model.eval(), processor, rows)
     assert after > before and after >= 0.75, (before, after)
@@ -128,7 +128,7 @@ def test_stage2_overfitting_raises_retrieval_accuracy_and_logs_each_term(tiny_to
     rows = synthetic_rows(8)
     model, processor = build_tiny(tiny_tokenizer)
     before = retrieval_accuracy(model, processor, rows)
-    trainer = grpo_trainer(model, processor, rows, tmp_path, max_steps=16)
+    trainer = grpo_trainer(model, processor, rows, tmp_path, max_steps=8)
     with pytest.MonkeyPatch.context() as patch:  # transformers generation: the rank reward reads its embeddings there
         patch.setattr("train.trainer.forward_embeddings", lambda *args, **kwargs: pytest.fail("fell back to a forward"))
         trainer.train()
