@@ -224,11 +224,12 @@ class Moon3GRPOTrainer(GRPOTrainer):
         """1-based rank of each row's positive among the distinct candidates of all processes, and their count."""
         keys = gather_no_grad(torch.cat([candidates["positive_keys"], candidates["negative_keys"]]))  # (W * 2B,)
         docs = gather_no_grad(torch.cat([candidates["positive_embeddings"], candidates["negative_embeddings"]]))
-        first = {int(key): i for i, key in reversed(list(enumerate(keys.tolist())))}
-        distinct = torch.tensor(sorted(first.values()), device=docs.device)
-        scores = completion_embeddings.float() @ docs[distinct].float().T  # (B, U)
+        first = {key: i for i, key in reversed(list(enumerate(keys.tolist())))}  # key -> its first row
+        distinct = sorted(first.values())
+        column = {row: c for c, row in enumerate(distinct)}
+        scores = completion_embeddings.float() @ docs[torch.tensor(distinct, device=docs.device)].float().T  # (B, U)
         positive_column = torch.tensor(
-            [distinct.tolist().index(first[int(key)]) for key in candidates["positive_keys"]], device=docs.device
+            [column[first[key]] for key in candidates["positive_keys"].tolist()], device=docs.device
         )
         positive_scores = scores.gather(1, positive_column.unsqueeze(1))  # (B, 1)
         ranks = (scores > positive_scores).sum(dim=1) + 1  # (B,)

@@ -209,3 +209,14 @@ def test_completion_embeddings_read_during_generation_equal_one_forward(tiny_mod
     fields = {key: batch[key] for key in ("pixel_values", "image_grid_thw") if key in batch}
     reference = forward_embeddings(model, prompt_ids, fields, completions, torch.device("cpu"))
     torch.testing.assert_close(recorded, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_retrieval_ranks_count_distinct_candidates_and_rank_the_positive():
+    from train.trainer import Moon3GRPOTrainer
+
+    docs = torch.eye(3)  # products 10, 20, 30
+    candidates = {"positive_embeddings": docs[[0, 1, 0]], "negative_embeddings": docs[[2, 2, 1]],
+                  "positive_keys": torch.tensor([10, 20, 10]), "negative_keys": torch.tensor([30, 30, 20])}
+    queries = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.2, 0.9], [0.1, 0.8, 0.5]])
+    ranks, total = Moon3GRPOTrainer._retrieval_ranks(None, queries, candidates)
+    assert (ranks, total) == ([1, 2, 3], 3)
