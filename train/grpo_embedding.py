@@ -70,7 +70,7 @@ def completion_embeddings(model, recorder: GenerationRecorder, completion_ids: l
     missing = [row for row, state in enumerate(fed) if state is None]
     extra = None
     if missing:
-        extra = _extra_decode_step(model, recorder, completion_ids, missing)
+        extra = _extra_decode_step(model, recorder, completion_ids)
         if extra is None:
             return None
     rows = torch.arange(batch)
@@ -78,11 +78,11 @@ def completion_embeddings(model, recorder: GenerationRecorder, completion_ids: l
     return model.embed_states(states, recorder.signals)  # (B, E)
 
 
-def _extra_decode_step(model, recorder: GenerationRecorder, completion_ids, missing: list[int]):
+def _extra_decode_step(model, recorder: GenerationRecorder, completion_ids):
     """Final hidden states Tensor[B, D] after feeding each row's last completion token over the generation's cache.
 
-    The cache holds the prompt and every generated column but the last; rows in `missing` end on that last column
-    (other rows feed a pad token, and their result is not used)."""
+    The cache holds the prompt and every generated column but the last; the rows that need this step end on that
+    last column (other rows feed a pad token, and their result is not used)."""
     config = model.config
     device = recorder.prompt_mask.device
     width = max(len(ids) for ids in completion_ids)  # generated columns

@@ -111,6 +111,8 @@ class Moon3GRPOTrainer(GRPOTrainer):
         if reward_funcs is None:
             reward_funcs = moon3_reward_funcs(config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, processing_class=processing_class, **kwargs)
+        if self.tools or self.rollout_func is not None:  # completions would no longer match one generation's embeddings
+            raise ValueError("Moon3GRPOTrainer does not support tools or rollout_func.")
         self.loss_fn = loss_fn or Moon3InfoNCELoss(
             temperature=args.contrastive_temperature,
             matryoshka_dims=args.matryoshka_dims or config.matryoshka_dims,
