@@ -1,15 +1,20 @@
 """Stage 2: `Moon3GRPOTrainer`, TRL's `GRPOTrainer` plus a contrastive term on the completions' embeddings.
 
 Per step, on top of TRL's GRPO:
-- rewards: before TRL's reward functions run, each completion is embedded (no gradient) at its `<emb>` and ranked
+- rewards: before TRL's reward functions run, each completion's embedding at its `<emb>` (no gradient) is ranked
   against the batch's candidates (positive products and one hard negative per row, gathered across processes),
   which were embedded in direct mode with the current model; the rank goes to `retrieval_rank_reward`;
 - loss: `grpo + contrastive_weight * InfoNCE(completion embeddings, candidates)`, where the completion embeddings come
   from the very forward pass that gives TRL its token log-probabilities (MOON3 reads `<emb>` in that pass).
 
-TRL hooks used (pinned by `trl>=1.16,<1.17`; `tests/train/test_trl_hooks.py` fails if their signatures change):
-`_calculate_rewards`, `_generate_and_score_completions` (both called through `super()`) and the fused LM head of
-`_get_per_token_logps_and_entropies` (`model(..., labels=..., fused_lm_head=True).log_probs / .entropy`).
+TRL hooks used (pinned by `trl>=1.16,<1.17`; `tests/train/test_training.py::test_trl_private_hooks_keep_the_signatures_we_rely_on`
+fails if they change): `_calculate_rewards`, `_generate_and_score_completions`, `_generate_single_turn` (all called
+through `super()`) and the fused LM head of `_get_per_token_logps_and_entropies`
+(`model(..., labels=..., fused_lm_head=True).log_probs / .entropy`).
+
+The completions' embeddings for the rank reward are read during generation (`train/grpo_embedding.py`): the decode
+step that feeds a row's `<emb>` back has its hidden state; rows cut off or finishing on the last step get one extra
+decode step over the generation's cache. With vLLM it is one no-gradient forward over TRL's prompt ids + completions.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 from train.contrastive_trainer import check_finite
 from train.data import clean_item, product_key
 from train.distributed import gather_no_grad
+from train.grpo_embedding import GenerationRecorder, completion_embeddings, forward_embeddings
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 from train.rewards import moon3_reward_funcs, reasoning_lengths
 
@@ -105,6 +111,8 @@ class Moon3GRPOTrainer(GRPOTrainer):
         if reward_funcs is None:
             reward_funcs = moon3_reward_funcs(config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens)
         super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, processing_class=processing_class, **kwargs)
+        if self.tools or self.rollout_func is not None:  # completions would no longer match one generation's embeddings
+            raise ValueError("Moon3GRPOTrainer does not support tools or rollout_func.")
         self.loss_fn = loss_fn or Moon3InfoNCELoss(
             temperature=args.contrastive_temperature,
             matryoshka_dims=args.matryoshka_dims or config.matryoshka_dims,
@@ -112,6 +120,7 @@ class Moon3GRPOTrainer(GRPOTrainer):
         )
         install_fused_policy_head(self.accelerator.unwrap_model(self.model), temperature=self.temperature)
         self._pending_candidates: dict[str, torch.Tensor] = {}
+        self._completion_embeddings: torch.Tensor | None = None
 
     # ----- loss
 
@@ -159,9 +168,25 @@ class Moon3GRPOTrainer(GRPOTrainer):
         self._pending_candidates = {}
         return output
 
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
+        """TRL's generation, keeping the completions' embeddings for the rank reward (`train/grpo_embedding.py`): read
+        from the generation itself with transformers' `generate`, else one forward over the prompt ids TRL built."""
+        model = self.accelerator.unwrap_model(self.model)
+        record = not (self.use_vllm or self.use_transformers_continuous_batching)
+        with GenerationRecorder(model) if record else contextlib.nullcontext() as recorder:
+            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
+            embeddings = completion_embeddings(model, recorder, completion_ids) if record else None
+        if embeddings is None:
+            embeddings = forward_embeddings(model, prompt_ids, multimodal_fields, completion_ids, self.accelerator.device)
+        self._completion_embeddings = embeddings
+        return completion_ids, logprobs
+
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         candidates = self._embed_candidates(inputs)
-        completion_embeddings = self._embed_completions(prompts, inputs, completion_ids_list)  # (B, E)
+        completion_embeddings, self._completion_embeddings = self._completion_embeddings, None  # (B, E)
+        if completion_embeddings is None or len(completion_embeddings) != len(completion_ids_list):
+            raise RuntimeError("Moon3GRPOTrainer: no completion embeddings from this generation (tool calls and "
+                               "custom rollout functions are not supported).")
         ranks, total = self._retrieval_ranks(completion_embeddings, candidates)
         for row, rank in zip(inputs, ranks, strict=True):
             row["retrieval_rank"], row["num_candidates"] = rank, total
@@ -197,41 +222,16 @@ class Moon3GRPOTrainer(GRPOTrainer):
             "negative_keys": key_tensor[half:],
         }
 
-    @torch.no_grad()
-    def _embed_completions(self, prompts, inputs, completion_ids_list) -> torch.Tensor:
-        """Embeddings at each completion's `<emb>` (or its last token), prompt and completion in one forward."""
-        processor = self.processing_class
-        texts = [processor.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True) for prompt in prompts]
-        images = [image for row in inputs for image in (row.get("images") or [])]
-        batch = processor(text=texts, images=images or None, padding=True, padding_side="right", return_tensors="pt")
-        sequences, type_ids = [], []
-        for row, completion in enumerate(completion_ids_list):
-            length = int(batch["attention_mask"][row].sum())
-            sequences.append(torch.cat([batch["input_ids"][row, :length], torch.tensor(completion, dtype=torch.long)]))
-            type_ids.append(F.pad(batch["mm_token_type_ids"][row, :length], (0, len(completion))))
-        width = max(len(s) for s in sequences)
-        pad_id = self.model.config.pad_token_id
-        model_inputs = {
-            "input_ids": torch.stack([F.pad(s, (width - len(s), 0), value=pad_id) for s in sequences]),
-            "attention_mask": torch.stack([F.pad(torch.ones_like(s), (width - len(s), 0)) for s in sequences]),
-            "mm_token_type_ids": torch.stack([F.pad(t, (width - len(t), 0)) for t in type_ids]),
-        }
-        for key in ("pixel_values", "image_grid_thw"):
-            if key in batch:
-                model_inputs[key] = batch[key]
-        model_inputs = {key: value.to(self.accelerator.device) for key, value in model_inputs.items()}
-        model = self.accelerator.unwrap_model(self.model)
-        return model(**model_inputs, return_embeddings=True).embeddings
-
     def _retrieval_ranks(self, completion_embeddings, candidates) -> tuple[list[int], int]:
         """1-based rank of each row's positive among the distinct candidates of all processes, and their count."""
         keys = gather_no_grad(torch.cat([candidates["positive_keys"], candidates["negative_keys"]]))  # (W * 2B,)
         docs = gather_no_grad(torch.cat([candidates["positive_embeddings"], candidates["negative_embeddings"]]))
-        first = {int(key): i for i, key in reversed(list(enumerate(keys.tolist())))}
-        distinct = torch.tensor(sorted(first.values()), device=docs.device)
-        scores = completion_embeddings.float() @ docs[distinct].float().T  # (B, U)
+        first = {key: i for i, key in reversed(list(enumerate(keys.tolist())))}  # key -> its first row
+        distinct = sorted(first.values())
+        column = {row: c for c, row in enumerate(distinct)}
+        scores = completion_embeddings.float() @ docs[torch.tensor(distinct, device=docs.device)].float().T  # (B, U)
         positive_column = torch.tensor(
-            [distinct.tolist().index(first[int(key)]) for key in candidates["positive_keys"]], device=docs.device
+            [column[first[key]] for key in candidates["positive_keys"].tolist()], device=docs.device
         )
         positive_scores = scores.gather(1, positive_column.unsqueeze(1))  # (B, 1)
         ranks = (scores > positive_scores).sum(dim=1) + 1  # (B,)

@@ -68,7 +68,7 @@ def test_stage1_overfitting_raises_retrieval_accuracy(tiny_tokenizer, tmp_path):
     rows = synthetic_rows(8)
     model, processor = build_tiny(tiny_tokenizer)
     before = retrieval_accuracy(model, processor, rows)
-    trainer = stage1_trainer(model, processor, rows, tmp_path, max_steps=25, embedding_chunk_size=8)
+    trainer = stage1_trainer(model, processor, rows, tmp_path, max_steps=16, learning_rate=2e-3, embedding_chunk_size=8)
     trainer.train()
     after = retrieval_accuracy(model.eval(), processor, rows)
     assert after > before and after >= 0.75, (before, after)
@@ -128,8 +128,10 @@ def test_stage2_overfitting_raises_retrieval_accuracy_and_logs_each_term(tiny_to
     rows = synthetic_rows(8)
     model, processor = build_tiny(tiny_tokenizer)
     before = retrieval_accuracy(model, processor, rows)
-    trainer = grpo_trainer(model, processor, rows, tmp_path, max_steps=16)
-    trainer.train()
+    trainer = grpo_trainer(model, processor, rows, tmp_path, max_steps=8)
+    with pytest.MonkeyPatch.context() as patch:  # transformers generation: the rank reward reads its embeddings there
+        patch.setattr("train.trainer.forward_embeddings", lambda *args, **kwargs: pytest.fail("fell back to a forward"))
+        trainer.train()
     after = retrieval_accuracy(model.eval(), processor, rows)
     assert after > before, (before, after)
     logged = trainer.state.log_history[0]
@@ -152,7 +154,69 @@ def test_trl_private_hooks_keep_the_signatures_we_rely_on():
 
     assert list(inspect.signature(GRPOTrainer._calculate_rewards).parameters) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
     assert list(inspect.signature(GRPOTrainer._generate_and_score_completions).parameters) == ["self", "inputs"]
+    assert list(inspect.signature(GRPOTrainer._generate_single_turn).parameters)[:5] == [
+        "self", "prompt_ids", "images", "multimodal_fields", "num_generations"]
+    generation = inspect.getsource(GRPOTrainer._generate_single_turn)
+    assert "self.use_vllm" in generation and "self.use_transformers_continuous_batching" in generation
+    assert "unwrapped_model.generate(" in generation  # the path GenerationRecorder reads from
+    assert "self._generate_single_turn(" in inspect.getsource(GRPOTrainer._generate)
     source = inspect.getsource(GRPOTrainer._get_per_token_logps_and_entropies)
     assert "model(**model_inputs, labels=labels, fused_lm_head=True)" in source
     assert "outputs.log_probs" in source and "outputs.entropy" in source
     assert "self._compute_loss(model, inputs)" in inspect.getsource(GRPOTrainer.compute_loss)
+
+
+@pytest.mark.parametrize("with_images", [False, True])
+def test_completion_embeddings_read_during_generation_equal_one_forward(tiny_model, product_images, with_images):
+    """The rank reward's completion embeddings, read from generate() (plus one decode step for the rows whose last
+    token was never fed back), equal one forward over prompt + completion: rows finishing early, on the last step, or
+    cut off."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from train.grpo_embedding import GenerationRecorder, completion_embeddings, forward_embeddings
+    from train.trainer import install_fused_policy_head
+
+    model, processor = tiny_model
+    perturb_zero_init(model)
+    install_fused_policy_head(model)
+    config = model.config
+    word = processor.tokenizer.convert_tokens_to_ids("red") if "red" in processor.tokenizer.get_vocab() else 100
+    plans = [[word, config.think_end_token_id, config.emb_token_id],  # <emb> fed back during generation
+             [word, word, word, config.think_end_token_id, config.emb_token_id],  # <emb> on the last step
+             [word] * 5]  # cut off: embedded at its last token
+    queries = ["red shirt", {"text": "blue jeans", "image": product_images["wide"]} if with_images else "blue jeans",
+               {"image": product_images["red"]} if with_images else "a long query about a navy watch"]
+
+    class Force(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            step = input_ids.shape[1] - prompt_width
+            forced = torch.full_like(scores, -1e9)
+            for row, plan in enumerate(plans):
+                forced[row, plan[min(step, len(plan) - 1)]] = 0
+            return forced
+
+    batch = processor(queries=queries, mode="reason")
+    prompt_width = batch["input_ids"].shape[1]
+    with GenerationRecorder(model) as recorder:
+        generated = model.generate(**batch, max_new_tokens=5, do_sample=False, eos_token_id=config.emb_token_id,
+                                   pad_token_id=config.pad_token_id, logits_processor=LogitsProcessorList([Force()]))
+        completions = [[t for t in row.tolist()] for row in generated[:, prompt_width:]]
+        completions = [row[: row.index(config.emb_token_id) + 1] if config.emb_token_id in row else row for row in completions]
+        assert completions == plans
+        assert recorder.prompt_width + 2 in recorder.states  # row 0's <emb> was fed back by generate itself
+        recorded = completion_embeddings(model, recorder, completions)
+    prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
+    fields = {key: batch[key] for key in ("pixel_values", "image_grid_thw") if key in batch}
+    reference = forward_embeddings(model, prompt_ids, fields, completions, torch.device("cpu"))
+    torch.testing.assert_close(recorded, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_retrieval_ranks_count_distinct_candidates_and_rank_the_positive():
+    from train.trainer import Moon3GRPOTrainer
+
+    docs = torch.eye(3)  # products 10, 20, 30
+    candidates = {"positive_embeddings": docs[[0, 1, 0]], "negative_embeddings": docs[[2, 2, 1]],
+                  "positive_keys": torch.tensor([10, 20, 10]), "negative_keys": torch.tensor([30, 30, 20])}
+    queries = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.2, 0.9], [0.1, 0.8, 0.5]])
+    ranks, total = Moon3GRPOTrainer._retrieval_ranks(None, queries, candidates)
+    assert (ranks, total) == ([1, 2, 3], 3)
