@@ -156,3 +156,14 @@ def test_trl_private_hooks_keep_the_signatures_we_rely_on():
     assert "model(**model_inputs, labels=labels, fused_lm_head=True)" in source
     assert "outputs.log_probs" in source and "outputs.entropy" in source
     assert "self._compute_loss(model, inputs)" in inspect.getsource(GRPOTrainer.compute_loss)
+
+
+def test_stage1_sft_loss_on_kept_logits_equals_the_full_logits_loss(tiny_tokenizer, tmp_path):
+    """The SFT loss from the last `keep` positions' logits is the model's own loss over every position."""
+    rows = synthetic_rows(4)
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = stage1_trainer(model, processor, rows, tmp_path, sft_weight=0.5)
+    chunk = Moon3PairCollator(processor, 0)(rows)["chunks"][0]
+    _, sft = trainer._forward_chunk(model, chunk)
+    full = model(**{k: v for k, v in chunk.items() if k != "labels"}, labels=chunk["labels"]).loss
+    torch.testing.assert_close(sft, full, rtol=1e-5, atol=1e-6)
