@@ -246,7 +246,13 @@ class SentenceTransformerEncoder(Encoder):
         )
 
     def encode_queries(self, items, show_progress=False):
-        return self._encode(getattr(self.model, "encode_query", None) or self.model.encode, items, show_progress)
+        query_method = getattr(self.model, "encode_query", None) or self.model.encode
+        if "image" in self.modalities and items and all("title" in item for item in items):
+            # A product record as the query (Abt-Buy matching, product -> product): a multimodal model such as MOON3
+            # embeds products on the document side (its encode_query refuses product records), so both sides of
+            # the pair are embedded alike.
+            return self.encode_documents(items, show_progress)
+        return self._encode(query_method, items, show_progress)
 
     def encode_documents(self, items, show_progress=False):
         return self._encode(getattr(self.model, "encode_document", None) or self.model.encode, items, show_progress)

@@ -108,3 +108,14 @@ def test_reason_mode_is_refused_for_baselines():
 
     with pytest.raises(ValueError, match="reasoning mode"):
         load_model("bm25", mode="reason")
+
+
+def test_moon3_embeds_product_record_queries_as_documents(tiny_abt_buy, tiny_checkpoint):
+    """Abt-Buy's queries are product records; MOON3's encode_query refuses those, so both sides go through
+    encode_document (product -> product matching)."""
+    from benchmarks.encoders import load_model
+
+    data = load_bench_data(tiny_abt_buy)
+    encoder = load_model(str(tiny_checkpoint), trust_remote_code=True, device="cpu", batch_size=4)
+    metrics = RetrievalTask(data, "matching")(encoder)
+    assert metrics and all(value is not None for value in metrics.values())
