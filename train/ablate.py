@@ -168,7 +168,7 @@ def markdown(rows: dict[str, dict]) -> str:
     shared = [t for t in tasks if all(row["metrics"].get(t) is not None for row in rows.values())]
     short = [t.replace("fashion/", "").replace("retrieval/", "").replace("classification/", "cls/") for t in tasks]
     lines = ["| model | " + " | ".join(short) + " | mean |", "|---|" + "---:|" * (len(tasks) + 1)]
-    for name, row in rows.items():
+    for row in rows.values():
         values = [row["metrics"].get(t) for t in tasks]
         mean = sum(row["metrics"][t] for t in shared) / max(1, len(shared))
         cells = ["n/a" if v is None else f"{v:.3f}" for v in values]
