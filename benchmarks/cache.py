@@ -1,4 +1,7 @@
-"""On-disk embedding cache keyed by (model cache key, data hash, side, task, items hash); atomic writes.
+"""On-disk embedding cache keyed by (model cache key, data hash, side, items hash); atomic writes.
+
+The task is not part of the key: an embedding depends only on the model, the side and the items, so tasks that embed
+the same items (the seven photo-based classification and attribute tasks embed the same 993 photos) share one entry.
 
 Example:
     >>> import numpy as np
@@ -33,7 +36,7 @@ class EmbeddingCache:
         self.misses = 0
 
     def path(self, model_key: str, data_hash: str, side: str, task: str, items: list[dict]) -> Path:
-        key = sha256_json([model_key, data_hash, side, task, sha256_json(items)])
+        key = sha256_json([model_key, data_hash, side, sha256_json(items)])
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", model_key)[:80]
         return self.root / slug / f"{key[:40]}.npy"
 

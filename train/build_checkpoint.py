@@ -167,8 +167,15 @@ def save_checkpoint(model, processor, out: Path) -> None:
     logger.info("saved MOON3 checkpoint to %s", out)
 
 
-def build_random(tokenizer, family: str = "qwen3_vl", seed: int = 0, vlm_sizes: dict | None = None, **config_overrides):
-    """A random-initialised MOON3 model and its processor."""
+def build_random(
+    tokenizer,
+    family: str = "qwen3_vl",
+    seed: int = 0,
+    vlm_sizes: dict | None = None,
+    max_pixels: int = 224 * 224,
+    **config_overrides,
+):
+    """A random-initialised MOON3 model and its processor (images bounded by `max_pixels`)."""
     import torch
 
     from train.moon3_code import Moon3Model, Moon3Processor
@@ -177,7 +184,7 @@ def build_random(tokenizer, family: str = "qwen3_vl", seed: int = 0, vlm_sizes: 
     torch.manual_seed(seed)
     model = Moon3Model(config)
     processor = Moon3Processor(
-        image_processor=build_image_processor(family),
+        image_processor=build_image_processor(family, min_pixels=min(64 * 64, max_pixels), max_pixels=max_pixels),
         tokenizer=tokenizer,
         product_instruction=config.product_instruction,
         query_instruction=config.query_instruction,
@@ -226,6 +233,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--matryoshka-dims", type=int, nargs="+", default=None, help="trained prefix sizes")
     parser.add_argument("--no-fusion", action="store_true", help="build without the modality fusion module")
     parser.add_argument("--no-fire", action="store_true", help="build without FIRE")
+    parser.add_argument(
+        "--max-reasoning-tokens", type=int, default=None, help="reason-mode budget in tokens (default: config's)"
+    )
     group = parser.add_argument_group("random model")
     group.add_argument("--family", default="qwen3_vl", choices=sorted(FAMILY_IMAGE_SETTINGS), help="backbone family")
     group.add_argument("--tokenizer", type=Path, default=None, help="folder of a MOON3 tokenizer to use")
@@ -233,6 +243,15 @@ def make_parser() -> argparse.ArgumentParser:
     group.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size when training a tokenizer")
     group.add_argument("--hidden-size", type=int, default=256, help="language-model hidden size D")
     group.add_argument("--num-layers", type=int, default=4, help="decoder layers")
+    group.add_argument("--num-heads", type=int, default=4, help="attention heads of the language model")
+    group.add_argument("--vision-hidden-size", type=int, default=128, help="vision tower hidden size")
+    group.add_argument("--vision-depth", type=int, default=2, help="vision tower blocks")
+    group.add_argument(
+        "--max-pixels",
+        type=int,
+        default=224 * 224,
+        help="largest image area after resizing (pixels); 128*128 gives 16 visual tokens per image, 224*224 gives 49",
+    )
     group.add_argument("--seed", type=int, default=0, help="initialisation seed")
     return parser
 
@@ -241,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides: dict[str, Any] = {"use_fusion": not args.no_fusion, "use_fire": not args.no_fire}
+    if args.max_reasoning_tokens is not None:
+        overrides["max_reasoning_tokens"] = args.max_reasoning_tokens
     if args.embedding_dim is not None:
         overrides["embedding_dim"] = args.embedding_dim
         overrides["matryoshka_dims"] = args.matryoshka_dims or [args.embedding_dim]
@@ -259,8 +280,16 @@ def main(argv: list[str] | None = None) -> None:
             tokenizer = train_tokenizer(catalogue_texts(args.tokenizer_data), vocab_size=args.vocab_size)
         else:
             raise SystemExit("--random needs --tokenizer or --tokenizer-data")
-        sizes = {"hidden_size": args.hidden_size, "num_layers": args.num_layers}
-        model, processor = build_random(tokenizer, family=args.family, seed=args.seed, vlm_sizes=sizes, **overrides)
+        sizes = {
+            "hidden_size": args.hidden_size,
+            "num_layers": args.num_layers,
+            "num_heads": args.num_heads,
+            "vision_hidden_size": args.vision_hidden_size,
+            "vision_depth": args.vision_depth,
+        }
+        model, processor = build_random(
+            tokenizer, family=args.family, seed=args.seed, vlm_sizes=sizes, max_pixels=args.max_pixels, **overrides
+        )
     save_checkpoint(model, processor, args.out)
     print(f"wrote {args.out} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters)")
 

@@ -75,6 +75,18 @@ def build_model(script_args, model_args, dataset):
     return model, processor
 
 
+def save_loadable(trainer, processor, output_dir: str) -> None:
+    """Save the trained model as a complete checkpoint folder: weights, processor, the three code files (so that
+    `AutoModel.from_pretrained(folder, trust_remote_code=True)` works) and the sentence-transformers files."""
+    from train.build_checkpoint import register_auto_classes
+    from train.write_st_files import write_st_files
+
+    register_auto_classes()  # save_pretrained then copies configuration/modeling/processing_moon3.py
+    trainer.save_model(output_dir)
+    if trainer.accelerator.is_main_process:
+        write_st_files(Path(output_dir), processor.product_instruction, processor.query_instruction)
+
+
 def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         loss_fn=loss_fn,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    save_loadable(trainer, processor, training_args.output_dir)
 
 
 if __name__ == "__main__":

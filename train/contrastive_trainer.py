@@ -7,7 +7,9 @@ those embeddings and its gradient with respect to them; (3) re-run each chunk wi
 The result equals the full-batch gradient (tested) as long as the forward is deterministic (no dropout: the
 Qwen-VL configs have none).
 
-Only `training_step` is overridden; the loop, optimizer, checkpoints and logging are the Trainer's.
+Only `training_step` is overridden; the loop, optimizer, checkpoints and logging are the Trainer's. With one chunk
+(`embedding_chunk_size: 0`) the step is one forward with gradient, and the SFT logits cover only the positions that
+predict a reasoning token (the last few), not every position.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections import defaultdict
 
 import torch
 from transformers import Trainer
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 
@@ -53,6 +56,8 @@ class Moon3ContrastiveTrainer(Trainer):
         chunks, num_queries, doc_keys = inputs["chunks"], inputs["num_queries"], inputs["doc_keys"]
         step = self.state.global_step + 1
         scale = 1.0 / self.current_gradient_accumulation_steps
+        if len(chunks) == 1:
+            return self._one_pass_step(model, chunks[0], num_queries, doc_keys, step, scale)
 
         cached = self._embed_without_grad(chunks).requires_grad_()  # (B + N, E)
         contrastive = self.loss_fn(cached[:num_queries], cached[num_queries:], doc_keys=doc_keys)
@@ -74,25 +79,53 @@ class Moon3ContrastiveTrainer(Trainer):
             start += size
         if self.args.stop_on_nonfinite_loss:
             check_finite(sft_total, "SFT (reasoning targets)", step)
-
-        self._record("contrastive/loss", contrastive.item())
-        self._record("sft/loss", sft_total.item())
-        self._record("retrieval/in_batch_accuracy", in_batch_accuracy(cached[:num_queries], cached[num_queries:], doc_keys))
+        self._record_step(contrastive.item(), sft_total.item(), cached, num_queries, doc_keys)
         return (contrastive.detach() + self.args.sft_weight * sft_total) * scale
+
+    def _one_pass_step(self, model, chunk, num_queries, doc_keys, step, scale) -> torch.Tensor:
+        """Without gradient caching (one chunk), one forward with gradient gives the same gradient as the cached path
+        and saves its no-gradient pass."""
+        embeddings, sft = self._forward_chunk(model, chunk)  # (B + N, E), scalar
+        contrastive = self.loss_fn(embeddings[:num_queries], embeddings[num_queries:], doc_keys=doc_keys)
+        if self.args.stop_on_nonfinite_loss:
+            check_finite(contrastive.detach(), "contrastive (InfoNCE)", step)
+            check_finite(sft.detach(), "SFT (reasoning targets)", step)
+        loss = contrastive + self.args.sft_weight * sft
+        self.accelerator.backward(loss * scale)
+        self._record_step(contrastive.item(), sft.item(), embeddings.detach(), num_queries, doc_keys)
+        return loss.detach() * scale
+
+    def _record_step(self, contrastive: float, sft: float, embeddings, num_queries, doc_keys) -> None:
+        self._record("contrastive/loss", contrastive)
+        self._record("sft/loss", sft)
+        self._record("retrieval/in_batch_accuracy", in_batch_accuracy(embeddings[:num_queries], embeddings[num_queries:], doc_keys))
 
     def _chunk_surrogate(self, model, chunk, embedding_grad, total_label_tokens):
         """One chunk's forward with gradient: `<embeddings, cached grad> + sft_weight * its share of the SFT loss`."""
-        labels = chunk["labels"]
-        num_labels = int((labels != -100).sum())
-        use_sft = self.args.sft_weight > 0 and num_labels > 0
-        model_inputs = {key: value for key, value in chunk.items() if key != "labels"}
-        outputs = model(**model_inputs, labels=labels if use_sft else None, return_embeddings=True)
-        surrogate = (outputs.embeddings * embedding_grad).sum()
-        sft_part = torch.zeros((), device=embedding_grad.device)
-        if use_sft:
-            sft_part = outputs.loss * (num_labels / total_label_tokens)  # token-weighted share of the batch mean
-            surrogate = surrogate + self.args.sft_weight * sft_part / self.current_gradient_accumulation_steps
+        num_labels = int((chunk["labels"] != -100).sum())
+        embeddings, sft = self._forward_chunk(model, chunk)
+        surrogate = (embeddings * embedding_grad).sum()
+        sft_part = sft * (num_labels / max(1, total_label_tokens))  # token-weighted share of the batch mean
+        surrogate = surrogate + self.args.sft_weight * sft_part / self.current_gradient_accumulation_steps
         return surrogate, sft_part.detach()
+
+    def _forward_chunk(self, model, chunk) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings at `<emb>` (Tensor[B, E]) and the mean SFT loss over the chunk's labelled tokens (0 if none).
+
+        Only positions that predict a labelled token need logits. Rows are left-padded and every reasoning target
+        ends the sequence, so the last `keep` positions hold them all: the LM head runs over `keep` positions
+        instead of all L (most of a stage-1 step's cost at a small hidden size), with the same loss."""
+        labels = chunk["labels"]
+        labelled = labels != -100  # (B, L)
+        model_inputs = {key: value for key, value in chunk.items() if key != "labels"}
+        if self.args.sft_weight <= 0 or not bool(labelled.any()):
+            outputs = model(**model_inputs, return_embeddings=True)
+            return outputs.embeddings, torch.zeros((), device=labels.device)
+        first = int(labelled.any(dim=0).nonzero()[0])
+        keep = labels.shape[1] - first + 1
+        outputs = model(**model_inputs, logits_to_keep=keep, return_embeddings=True)
+        sft = ForCausalLMLoss(outputs.logits, labels[:, -keep:], vocab_size=outputs.logits.shape[-1])
+        return outputs.embeddings, sft
 
     @torch.no_grad()
     def _embed_without_grad(self, chunks) -> torch.Tensor:

@@ -148,12 +148,17 @@ def to_grpo_dataset(dataset, processor):
 
     def add_prompt(row):
         query = query_item(row["query"])
-        messages, _ = processor.build_messages(query if not isinstance(query, Mapping) else _without_images(query), "query")
+        images = _query_images(query)
+        # TRL loads the images from the `images` column: build the messages from the text alone (build_messages would
+        # load the images too) and prepend one image part per image.
+        text = query if not isinstance(query, Mapping) else str(query.get("text") or "").strip()
+        messages, _ = processor.build_messages(text or "-", "query")
         prompt = [
             {"role": m["role"], "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else m["content"]}
             for m in messages
         ]
-        images = _query_images(query)
+        if not text:  # an image-only query: its user turn holds only the image
+            prompt[-1]["content"] = []
         if images:
             prompt[-1]["content"] = [{"type": "image"} for _ in images] + prompt[-1]["content"]
         return {"prompt": prompt, "images": [str(p) for p in images]}
@@ -169,12 +174,6 @@ def _query_images(query: Any) -> list:
         return []
     images = query.get("images", query.get("image", []))
     return [images] if isinstance(images, (str, Path)) else list(images)
-
-
-def _without_images(query: Mapping) -> dict:
-    text = {key: value for key, value in query.items() if key not in ("image", "images")}
-    # An image-only query still needs a user turn; the image parts are prepended by the caller.
-    return text if text.get("text") else {"text": " "}
 
 
 # --------------------------------------------------------------------------- collating (stage 1)

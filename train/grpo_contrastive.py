@@ -46,7 +46,7 @@ def make_parser():
 def main(argv: list[str] | None = None):
     script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from train.cold_start import build_model, load_rows
+    from train.cold_start import build_model, load_rows, save_loadable
     from train.data import to_grpo_dataset
     from train.trainer import Moon3GRPOTrainer
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None):
     dataset = to_grpo_dataset(rows, processor)
     trainer = Moon3GRPOTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
+    save_loadable(trainer, processor, training_args.output_dir)
     return trainer
 
 

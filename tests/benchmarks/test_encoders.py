@@ -83,3 +83,39 @@ def test_moon3_through_sentence_transformers_runs_image_tasks_and_matches_its_ow
     processor = AutoProcessor.from_pretrained(tiny_checkpoint, trust_remote_code=True)
     own = model.encode([record], processor, kind="document")
     torch.testing.assert_close(torch.from_numpy(via_benchmark), own, atol=1e-5, rtol=0)
+
+
+def test_moon3_reason_mode_passes_mode_to_encode_and_keys_the_cache_apart(tiny_fashion, tiny_checkpoint):
+    """`--mode reason` embeds through MOON3's reasoning mode (same vectors as its own encode) under its own cache key."""
+    import torch
+    from transformers import AutoModel, AutoProcessor
+
+    from benchmarks.encoders import load_model
+
+    direct = load_model(str(tiny_checkpoint), trust_remote_code=True, device="cpu", batch_size=4)
+    reason = load_model(str(tiny_checkpoint), trust_remote_code=True, device="cpu", batch_size=4, mode="reason")
+    assert reason.encode_kwargs == {"mode": "reason"} and direct.encode_kwargs == {}
+    assert reason.cache_key != direct.cache_key
+    query = {"text": "men navy blue casual shirts", "image": None}
+    model = AutoModel.from_pretrained(tiny_checkpoint, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint, trust_remote_code=True)
+    own = model.encode([query["text"]], processor, kind="query", mode="reason")
+    torch.testing.assert_close(torch.from_numpy(reason.encode_queries([query])), own, atol=1e-5, rtol=0)
+
+
+def test_reason_mode_is_refused_for_baselines():
+    from benchmarks.encoders import load_model
+
+    with pytest.raises(ValueError, match="reasoning mode"):
+        load_model("bm25", mode="reason")
+
+
+def test_moon3_embeds_product_record_queries_as_documents(tiny_abt_buy, tiny_checkpoint):
+    """Abt-Buy's queries are product records; MOON3's encode_query refuses those, so both sides go through
+    encode_document (product -> product matching)."""
+    from benchmarks.encoders import load_model
+
+    data = load_bench_data(tiny_abt_buy)
+    encoder = load_model(str(tiny_checkpoint), trust_remote_code=True, device="cpu", batch_size=4)
+    metrics = RetrievalTask(data, "matching")(encoder)
+    assert metrics and all(value is not None for value in metrics.values())

@@ -93,3 +93,17 @@ def test_every_cli_has_help(capsys):
         with pytest.raises(SystemExit) as exit_info:
             module.main(["--help"])
         assert exit_info.value.code == 0
+
+
+def test_cache_entry_is_shared_by_tasks_that_embed_the_same_items(tmp_path):
+    import numpy as np
+
+    from benchmarks.cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path)
+    items = [{"text": None, "image": "a.jpg"}]
+    first = cache.get_or_compute("m@1", "d", "document", "colour", items, lambda: np.ones((1, 2), np.float32))
+    second = cache.get_or_compute("m@1", "d", "document", "gender", items, lambda: np.zeros((1, 2), np.float32))
+    assert (first == second).all() and (cache.hits, cache.misses) == (1, 1)
+    cache.get_or_compute("m@1", "d", "query", "gender", items, lambda: np.zeros((1, 2), np.float32))
+    assert cache.misses == 2

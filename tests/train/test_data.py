@@ -79,3 +79,28 @@ def test_abt_buy_builder_uses_train_pairs_only():
     with (ABT_BUY_DIR / "test.csv").open() as handle:
         test_pairs = {(r["tableA_name"].strip(), f"buy-{r['tableB_id']}") for r in csv.DictReader(handle) if r["label"] == "1"}
     assert rows and not {(r["query"]["text"], r["positive"]["id"]) for r in rows} & test_pairs
+
+
+def test_grpo_prompt_of_an_image_only_query_holds_just_the_image(tiny_model, tmp_path):
+    from datasets import Dataset
+    from PIL import Image
+
+    from train.data import to_grpo_dataset
+
+    _, processor = tiny_model
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "red.jpg")
+    rows = [{"query": {"image": str(tmp_path / "red.jpg")}, "positive": {"title": "Red shirt"}, "reasoning": None}]
+    prompt = to_grpo_dataset(Dataset.from_list(rows), processor)[0]["prompt"]
+    assert [part["type"] for part in prompt[-1]["content"]] == ["image"]
+    assert prompt[0]["content"][0]["text"] == processor.query_instruction
+
+
+@pytest.mark.skipif(not (FASHION_DIR / "products.csv").is_file(), reason="real data not found")
+def test_catalogue_tokenizer_texts_hold_the_product_text_reasoning_and_instructions():
+    from train.build_tokenizer import catalogue_texts
+    from train.moon3_code import Moon3Config
+
+    texts = catalogue_texts(FASHION_DIR)
+    assert any(text.startswith("Title: ") and "\nAttributes: gender: " in text for text in texts[:3])
+    assert any(text.startswith("audience: ") for text in texts[:3])
+    assert Moon3Config().query_instruction in texts[:5]

@@ -27,13 +27,25 @@ def stage1_trainer(model, processor, rows, tmp_path, **overrides):
     from train.contrastive_trainer import Moon3ContrastiveTrainer
     from train.losses import Moon3InfoNCELoss
 
-    settings = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=len(rows),
-                    learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=1, save_strategy="no", seed=0)
+    settings = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=len(rows),
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+    )
     settings.update(overrides)
     args = Moon3ContrastiveConfig(**settings)
     return Moon3ContrastiveTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows),
-        data_collator=Moon3PairCollator(processor, args.embedding_chunk_size), processing_class=processor,
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        data_collator=Moon3PairCollator(processor, args.embedding_chunk_size),
+        processing_class=processor,
         loss_fn=Moon3InfoNCELoss(temperature=0.1, matryoshka_dims=[8, 16, 32], gather_across_devices=False),
     )
 
@@ -68,7 +80,9 @@ def test_stage1_overfitting_raises_retrieval_accuracy(tiny_tokenizer, tmp_path):
     rows = synthetic_rows(8)
     model, processor = build_tiny(tiny_tokenizer)
     before = retrieval_accuracy(model, processor, rows)
-    trainer = stage1_trainer(model, processor, rows, tmp_path, max_steps=16, learning_rate=2e-3, embedding_chunk_size=8)
+    trainer = stage1_trainer(
+        model, processor, rows, tmp_path, max_steps=16, learning_rate=2e-3, embedding_chunk_size=8
+    )
     trainer.train()
     after = retrieval_accuracy(model.eval(), processor, rows)
     assert after > before and after >= 0.75, (before, after)
@@ -93,14 +107,25 @@ def test_contrastive_gradient_reaches_fusion_fire_and_projection(tiny_tokenizer,
     perturb_zero_init(model)
     model.train()
     install_fused_policy_head(model)
-    queries = [{"text": "red shirt", "image": product_images["red"]}, {"text": "blue jeans", "image": product_images["wide"]}]
+    queries = [
+        {"text": "red shirt", "image": product_images["red"]},
+        {"text": "blue jeans", "image": product_images["wide"]},
+    ]
     texts, images = processor.render(queries, kind="query", mode="reason")
-    batch = processor(text=[t + "colour: Red.</think><emb>" for t in texts], images=images, padding=True, padding_side="left", return_tensors="pt")
+    batch = processor(
+        text=[t + "colour: Red.</think><emb>" for t in texts],
+        images=images,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
     labels = batch["input_ids"].clone()
     labels[:, :-5] = -100
     outputs = model(**batch, labels=labels, fused_lm_head=True)
     assert outputs.log_probs.shape == (2, batch["input_ids"].shape[1] - 1)
-    docs = model(**processor(products=[{"title": "Red shirt"}, {"title": "Blue jeans"}]), return_embeddings=True).embeddings
+    docs = model(
+        **processor(products=[{"title": "Red shirt"}, {"title": "Blue jeans"}]), return_embeddings=True
+    ).embeddings
     Moon3InfoNCELoss(gather_across_devices=False)(outputs.embeddings, docs.detach()).backward()
     for name in ("fusion.out_proj.weight", "fusion.blocks.image.attention.in_proj_weight", "head.proj.weight"):
         assert model.get_parameter(name).grad.abs().sum() > 0, name
@@ -115,13 +140,31 @@ def grpo_trainer(model, processor, rows, tmp_path, **overrides):
     from train.data import to_grpo_dataset
     from train.trainer import Moon3GRPOTrainer
 
-    settings = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none",
-                    per_device_train_batch_size=8, num_generations=4, max_completion_length=6,  # 6 tokens: fast
-                    learning_rate=3e-3, lr_scheduler_type="constant", logging_steps=1, save_strategy="no", seed=0,
-                    contrastive_weight=2.0, contrastive_temperature=0.1, target_reasoning_tokens=4)
+    settings = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=6,  # 6 tokens: fast
+        learning_rate=3e-3,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        contrastive_weight=2.0,
+        contrastive_temperature=0.1,
+        target_reasoning_tokens=4,
+    )
     settings.update(overrides)
-    return Moon3GRPOTrainer(model=model, args=Moon3GRPOConfig(**settings), train_dataset=to_grpo_dataset(Dataset.from_list(rows), processor),
-                            processing_class=processor)
+    return Moon3GRPOTrainer(
+        model=model,
+        args=Moon3GRPOConfig(**settings),
+        train_dataset=to_grpo_dataset(Dataset.from_list(rows), processor),
+        processing_class=processor,
+    )
 
 
 def test_stage2_overfitting_raises_retrieval_accuracy_and_logs_each_term(tiny_tokenizer, tmp_path):
@@ -130,19 +173,30 @@ def test_stage2_overfitting_raises_retrieval_accuracy_and_logs_each_term(tiny_to
     before = retrieval_accuracy(model, processor, rows)
     trainer = grpo_trainer(model, processor, rows, tmp_path, max_steps=8)
     with pytest.MonkeyPatch.context() as patch:  # transformers generation: the rank reward reads its embeddings there
-        patch.setattr("train.trainer.forward_embeddings", lambda *args, **kwargs: pytest.fail("fell back to a forward"))
+        patch.setattr(
+            "train.trainer.forward_embeddings", lambda *args, **kwargs: pytest.fail("fell back to a forward")
+        )
         trainer.train()
     after = retrieval_accuracy(model.eval(), processor, rows)
     assert after > before, (before, after)
     logged = trainer.state.log_history[0]
-    for key in ("grpo/loss", "contrastive/loss", "retrieval/in_batch_accuracy", "completions/reasoning_length",
-                "rewards/retrieval_rank_reward/mean", "rewards/format_reward/mean", "rewards/length_reward/mean"):
+    for key in (
+        "grpo/loss",
+        "contrastive/loss",
+        "retrieval/in_batch_accuracy",
+        "completions/reasoning_length",
+        "rewards/retrieval_rank_reward/mean",
+        "rewards/format_reward/mean",
+        "rewards/length_reward/mean",
+    ):
         assert key in logged, key
 
 
 def test_stage2_nonfinite_loss_names_step_and_term(tiny_tokenizer, tmp_path):
     model, processor = build_tiny(tiny_tokenizer)
-    trainer = grpo_trainer(model, processor, synthetic_rows(4), tmp_path, max_steps=1, per_device_train_batch_size=4, num_generations=2)
+    trainer = grpo_trainer(
+        model, processor, synthetic_rows(4), tmp_path, max_steps=1, per_device_train_batch_size=4, num_generations=2
+    )
     trainer.loss_fn.forward = lambda *args, **kwargs: torch.tensor(float("inf"), requires_grad=True)
     with pytest.raises(FloatingPointError, match=r"contrastive \(InfoNCE\) loss \(inf\) at step 1"):
         trainer.train()
@@ -152,10 +206,21 @@ def test_trl_private_hooks_keep_the_signatures_we_rely_on():
     """Moon3GRPOTrainer overrides/wraps these TRL internals; this fails when an upstream release changes them."""
     from trl import GRPOTrainer
 
-    assert list(inspect.signature(GRPOTrainer._calculate_rewards).parameters) == ["self", "inputs", "prompts", "completions", "completion_ids_list"]
+    assert list(inspect.signature(GRPOTrainer._calculate_rewards).parameters) == [
+        "self",
+        "inputs",
+        "prompts",
+        "completions",
+        "completion_ids_list",
+    ]
     assert list(inspect.signature(GRPOTrainer._generate_and_score_completions).parameters) == ["self", "inputs"]
     assert list(inspect.signature(GRPOTrainer._generate_single_turn).parameters)[:5] == [
-        "self", "prompt_ids", "images", "multimodal_fields", "num_generations"]
+        "self",
+        "prompt_ids",
+        "images",
+        "multimodal_fields",
+        "num_generations",
+    ]
     generation = inspect.getsource(GRPOTrainer._generate_single_turn)
     assert "self.use_vllm" in generation and "self.use_transformers_continuous_batching" in generation
     assert "unwrapped_model.generate(" in generation  # the path GenerationRecorder reads from
@@ -181,11 +246,16 @@ def test_completion_embeddings_read_during_generation_equal_one_forward(tiny_mod
     install_fused_policy_head(model)
     config = model.config
     word = processor.tokenizer.convert_tokens_to_ids("red") if "red" in processor.tokenizer.get_vocab() else 100
-    plans = [[word, config.think_end_token_id, config.emb_token_id],  # <emb> fed back during generation
-             [word, word, word, config.think_end_token_id, config.emb_token_id],  # <emb> on the last step
-             [word] * 5]  # cut off: embedded at its last token
-    queries = ["red shirt", {"text": "blue jeans", "image": product_images["wide"]} if with_images else "blue jeans",
-               {"image": product_images["red"]} if with_images else "a long query about a navy watch"]
+    plans = [
+        [word, config.think_end_token_id, config.emb_token_id],  # <emb> fed back during generation
+        [word, word, word, config.think_end_token_id, config.emb_token_id],  # <emb> on the last step
+        [word] * 5,
+    ]  # cut off: embedded at its last token
+    queries = [
+        "red shirt",
+        {"text": "blue jeans", "image": product_images["wide"]} if with_images else "blue jeans",
+        {"image": product_images["red"]} if with_images else "a long query about a navy watch",
+    ]
 
     class Force(LogitsProcessor):
         def __call__(self, input_ids, scores):
@@ -198,14 +268,24 @@ def test_completion_embeddings_read_during_generation_equal_one_forward(tiny_mod
     batch = processor(queries=queries, mode="reason")
     prompt_width = batch["input_ids"].shape[1]
     with GenerationRecorder(model) as recorder:
-        generated = model.generate(**batch, max_new_tokens=5, do_sample=False, eos_token_id=config.emb_token_id,
-                                   pad_token_id=config.pad_token_id, logits_processor=LogitsProcessorList([Force()]))
+        generated = model.generate(
+            **batch,
+            max_new_tokens=5,
+            do_sample=False,
+            eos_token_id=config.emb_token_id,
+            pad_token_id=config.pad_token_id,
+            logits_processor=LogitsProcessorList([Force()]),
+        )
         completions = [[t for t in row.tolist()] for row in generated[:, prompt_width:]]
-        completions = [row[: row.index(config.emb_token_id) + 1] if config.emb_token_id in row else row for row in completions]
+        completions = [
+            row[: row.index(config.emb_token_id) + 1] if config.emb_token_id in row else row for row in completions
+        ]
         assert completions == plans
         assert recorder.prompt_width + 2 in recorder.states  # row 0's <emb> was fed back by generate itself
         recorded = completion_embeddings(model, recorder, completions)
-    prompt_ids = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)]
+    prompt_ids = [
+        ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+    ]
     fields = {key: batch[key] for key in ("pixel_values", "image_grid_thw") if key in batch}
     reference = forward_embeddings(model, prompt_ids, fields, completions, torch.device("cpu"))
     torch.testing.assert_close(recorded, reference, rtol=1e-4, atol=1e-5)
@@ -215,8 +295,23 @@ def test_retrieval_ranks_count_distinct_candidates_and_rank_the_positive():
     from train.trainer import Moon3GRPOTrainer
 
     docs = torch.eye(3)  # products 10, 20, 30
-    candidates = {"positive_embeddings": docs[[0, 1, 0]], "negative_embeddings": docs[[2, 2, 1]],
-                  "positive_keys": torch.tensor([10, 20, 10]), "negative_keys": torch.tensor([30, 30, 20])}
+    candidates = {
+        "positive_embeddings": docs[[0, 1, 0]],
+        "negative_embeddings": docs[[2, 2, 1]],
+        "positive_keys": torch.tensor([10, 20, 10]),
+        "negative_keys": torch.tensor([30, 30, 20]),
+    }
     queries = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.2, 0.9], [0.1, 0.8, 0.5]])
     ranks, total = Moon3GRPOTrainer._retrieval_ranks(None, queries, candidates)
     assert (ranks, total) == ([1, 2, 3], 3)
+
+
+def test_stage1_sft_loss_on_kept_logits_equals_the_full_logits_loss(tiny_tokenizer, tmp_path):
+    """The SFT loss from the last `keep` positions' logits is the model's own loss over every position."""
+    rows = synthetic_rows(4)
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = stage1_trainer(model, processor, rows, tmp_path, sft_weight=0.5)
+    chunk = Moon3PairCollator(processor, 0)(rows)["chunks"][0]
+    _, sft = trainer._forward_chunk(model, chunk)
+    full = model(**{k: v for k, v in chunk.items() if k != "labels"}, labels=chunk["labels"]).loss
+    torch.testing.assert_close(sft, full, rtol=1e-5, atol=1e-6)
