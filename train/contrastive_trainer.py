@@ -36,6 +36,15 @@ def check_finite(value: torch.Tensor, term: str, step: int) -> None:
         )
 
 
+def split_embeddings(embeddings: torch.Tensor, num_queries: int, doc_keys: torch.Tensor):
+    """Tensor[B + N + S, E] in the collator's order -> (queries Tensor[B, E], documents Tensor[N, E]).
+
+    The S trailing rows are the reason-mode SFT sequences: they carry the SFT loss only, never an embedding that the
+    contrastive loss sees (their gold reasoning would give the answer away, see `Moon3PairCollator`).
+    """
+    return embeddings[:num_queries], embeddings[num_queries : num_queries + len(doc_keys)]
+
+
 class Moon3ContrastiveTrainer(Trainer):
     """Trainer for stage 1: `loss = InfoNCE(queries, products) + sft_weight * SFT(reasoning targets)`.
 
@@ -60,7 +69,7 @@ class Moon3ContrastiveTrainer(Trainer):
             return self._one_pass_step(model, chunks[0], num_queries, doc_keys, step, scale)
 
         cached = self._embed_without_grad(chunks).requires_grad_()  # (B + N, E)
-        contrastive = self.loss_fn(cached[:num_queries], cached[num_queries:], doc_keys=doc_keys)
+        contrastive = self.loss_fn(*split_embeddings(cached, num_queries, doc_keys), doc_keys=doc_keys)
         if self.args.stop_on_nonfinite_loss:
             check_finite(contrastive.detach(), "contrastive (InfoNCE)", step)
         contrastive.backward()
@@ -73,7 +82,9 @@ class Moon3ContrastiveTrainer(Trainer):
             size = chunk["input_ids"].shape[0]
             sync = contextlib.nullcontext() if index == len(chunks) - 1 else self._no_sync(model)
             with sync:
-                surrogate, sft_part = self._chunk_surrogate(model, chunk, cached_grad[start : start + size], total_label_tokens)
+                surrogate, sft_part = self._chunk_surrogate(
+                    model, chunk, cached_grad[start : start + size], total_label_tokens
+                )
                 self.accelerator.backward(surrogate)
             sft_total = sft_total + sft_part
             start += size
@@ -86,7 +97,7 @@ class Moon3ContrastiveTrainer(Trainer):
         """Without gradient caching (one chunk), one forward with gradient gives the same gradient as the cached path
         and saves its no-gradient pass."""
         embeddings, sft = self._forward_chunk(model, chunk)  # (B + N, E), scalar
-        contrastive = self.loss_fn(embeddings[:num_queries], embeddings[num_queries:], doc_keys=doc_keys)
+        contrastive = self.loss_fn(*split_embeddings(embeddings, num_queries, doc_keys), doc_keys=doc_keys)
         if self.args.stop_on_nonfinite_loss:
             check_finite(contrastive.detach(), "contrastive (InfoNCE)", step)
             check_finite(sft.detach(), "SFT (reasoning targets)", step)
@@ -98,7 +109,10 @@ class Moon3ContrastiveTrainer(Trainer):
     def _record_step(self, contrastive: float, sft: float, embeddings, num_queries, doc_keys) -> None:
         self._record("contrastive/loss", contrastive)
         self._record("sft/loss", sft)
-        self._record("retrieval/in_batch_accuracy", in_batch_accuracy(embeddings[:num_queries], embeddings[num_queries:], doc_keys))
+        self._record(
+            "retrieval/in_batch_accuracy",
+            in_batch_accuracy(*split_embeddings(embeddings, num_queries, doc_keys), doc_keys),
+        )
 
     def _chunk_surrogate(self, model, chunk, embedding_grad, total_label_tokens):
         """One chunk's forward with gradient: `<embeddings, cached grad> + sft_weight * its share of the SFT loss`."""

@@ -88,7 +88,9 @@ def validate_row(row: Mapping[str, Any], index: int = 0, source: str = "data") -
         if not (str(query.get("text") or "").strip() or query.get("image") or query.get("images")):
             raise ValueError(f"{where}: 'query' needs non-empty 'text' or an 'image', got {dict(query)}.")
     elif not isinstance(query, str):
-        raise ValueError(f"{where}: 'query' must be a string or an object with 'text'/'image', got {type(query).__name__}.")
+        raise ValueError(
+            f"{where}: 'query' must be a string or an object with 'text'/'image', got {type(query).__name__}."
+        )
     _validate_product(row.get("positive"), f"{where}: 'positive'")
     negatives = row.get("negatives")
     if negatives is not None:
@@ -154,7 +156,10 @@ def to_grpo_dataset(dataset, processor):
         text = query if not isinstance(query, Mapping) else str(query.get("text") or "").strip()
         messages, _ = processor.build_messages(text or "-", "query")
         prompt = [
-            {"role": m["role"], "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else m["content"]}
+            {
+                "role": m["role"],
+                "content": [{"type": "text", "text": m["content"]}] if isinstance(m["content"], str) else m["content"],
+            }
             for m in messages
         ]
         if not text:  # an image-only query: its user turn holds only the image
@@ -182,10 +187,15 @@ def _query_images(query: Any) -> list:
 class Moon3PairCollator:
     """Rows -> model inputs for stage 1, as chunks of at most `chunk_size` sequences (0 = one chunk).
 
-    Sequences are the B queries first, then the B positives, then `num_hard_negatives` negatives per row (rows with
-    fewer are padded with their own positive, which the loss masks out by key). A query with a reasoning target is
-    the reason-mode sequence `prompt<think>reasoning</think><emb>`, labelled on everything after `<think>` (the SFT
-    target); one without is the direct-mode prompt `...<think></think><emb>`, unlabelled. Products are direct mode.
+    Sequences are the B queries first (direct mode, `...<think></think><emb>`, unlabelled), then the B positives, then
+    `num_hard_negatives` negatives per row (rows with fewer are padded with their own positive, which the loss masks
+    out by key), then one SFT sequence per query that has a reasoning target: the reason-mode sequence
+    `prompt<think>reasoning</think><emb>`, labelled on everything after `<think>`. Products are direct mode.
+
+    The contrastive loss embeds queries in direct mode, never after their gold reasoning: the targets are written
+    from the positive's own attributes, so an embedding read after them is trained to copy the answer from the
+    reasoning (in-batch accuracy near 1) and learns nothing that direct-mode queries, or the model's own reasoning,
+    can use. The SFT sequences teach the reasoning; stage 2 trains the embeddings after the model's own reasoning.
 
     Returns a dict: `chunks` (list of processor outputs, each with `labels`), `num_queries` (B) and `doc_keys`
     (Tensor[N] int64 product keys, N = B * (1 + num_hard_negatives)).
@@ -202,15 +212,17 @@ class Moon3PairCollator:
     def __call__(self, rows: list[dict]) -> dict:
         import torch
 
-        sequences = []  # (kind, item, reasoning)
-        for row in rows:
-            reasoning = row.get("reasoning")
-            sequences.append(("query", query_item(row["query"]), reasoning.strip() if reasoning else None))
+        sequences = [("query", query_item(row["query"]), None) for row in rows]  # (kind, item, reasoning)
         documents = [clean_item(row["positive"]) for row in rows]
         for row in rows:
             negatives = [clean_item(n) for n in (row.get("negatives") or [])][: self.num_hard_negatives]
             documents += negatives + [clean_item(row["positive"])] * (self.num_hard_negatives - len(negatives))
         sequences += [("document", doc, None) for doc in documents]
+        sequences += [
+            ("query", query_item(row["query"]), row["reasoning"].strip())
+            for row in rows
+            if row.get("reasoning") and row["reasoning"].strip()
+        ]
         size = self.chunk_size or len(sequences)
         chunks = [self._encode(sequences[start : start + size]) for start in range(0, len(sequences), size)]
         doc_keys = torch.tensor([product_key(doc) for doc in documents], dtype=torch.long)
@@ -225,7 +237,9 @@ class Moon3PairCollator:
             (text,), item_images = self.processor.render([item], kind=kind, mode=mode)
             texts.append(text + reasoning + self.closing_text if reasoning else text)
             images.extend(item_images)
-        batch = self.processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
+        batch = self.processor(
+            text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+        )
         input_ids = batch["input_ids"]
         positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)  # (B, L)
         think_at = torch.where(input_ids == self.think_token_id, positions, -1).amax(dim=1, keepdim=True)  # (B, 1)
@@ -377,9 +391,15 @@ def synthetic_rows(num_rows: int = 64, seed: int = 0) -> list[dict]:
     for index in range(num_rows):
         gender, colour, kind = combos[index % len(combos)]
         attributes = {"gender": gender, "baseColour": colour, "articleType": kind}
-        product = {"id": f"syn-{index % len(combos)}", "title": f"Acme {gender} {colour} {kind}", "attributes": attributes}
+        product = {
+            "id": f"syn-{index % len(combos)}",
+            "title": f"Acme {gender} {colour} {kind}",
+            "attributes": attributes,
+        }
         query = f"{gender.lower()} {colour.lower()} {kind.lower()}"
-        rows.append({"query": {"text": query}, "positive": product, "reasoning": Moon3Processor.format_reasoning(attributes)})
+        rows.append(
+            {"query": {"text": query}, "positive": product, "reasoning": Moon3Processor.format_reasoning(attributes)}
+        )
     return rows
 
 

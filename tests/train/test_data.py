@@ -29,7 +29,9 @@ def test_load_pairs_reads_jsonl_and_parquet(tmp_path):
 )
 def test_malformed_rows_raise_with_row_and_field(tmp_path, row, message):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"query": {"text": "ok"}, "positive": {"title": "fine"}}) + "\n" + json.dumps(row) + "\n")
+    path.write_text(
+        json.dumps({"query": {"text": "ok"}, "positive": {"title": "fine"}}) + "\n" + json.dumps(row) + "\n"
+    )
     with pytest.raises(ValueError, match=message) as error:
         load_pairs(path)
     assert "row 1" in str(error.value)
@@ -37,7 +39,11 @@ def test_malformed_rows_raise_with_row_and_field(tmp_path, row, message):
 
 def test_attribute_rows_get_reasoning_from_the_named_attributes():
     products = [
-        {"id": str(i), "title": f"t{i}", "attributes": {"gender": "Women", "baseColour": "Blue", "usage": "Casual", "articleType": "Tops"}}
+        {
+            "id": str(i),
+            "title": f"t{i}",
+            "attributes": {"gender": "Women", "baseColour": "Blue", "usage": "Casual", "articleType": "Tops"},
+        }
         for i in range(2)
     ]
     rows = fashion_rows(products, kinds=["attribute"])
@@ -48,12 +54,26 @@ def test_attribute_rows_get_reasoning_from_the_named_attributes():
 def test_collator_labels_only_the_reasoning_and_masks_nothing_else(tiny_model):
     _, processor = tiny_model
     rows = synthetic_rows(2)
+    assert all(row.get("reasoning") for row in rows)
     batch = Moon3PairCollator(processor, chunk_size=0)(rows)
     chunk = batch["chunks"][0]
-    labelled = processor.tokenizer.decode(chunk["labels"][0][chunk["labels"][0] != -100])
+    assert chunk["input_ids"].shape[0] == 2 + 2 + 2  # queries, positives, then one SFT sequence per reasoning target
+    labelled = processor.tokenizer.decode(chunk["labels"][4][chunk["labels"][4] != -100])
     assert labelled.replace(" ", "") == (rows[0]["reasoning"] + "</think><emb>").replace(" ", "")
-    assert (chunk["labels"][2:] == -100).all()  # documents carry no SFT target
+    assert (chunk["labels"][:4] == -100).all()  # contrastive queries and documents carry no SFT target
     assert batch["doc_keys"].tolist() == [product_key(r["positive"]) for r in rows]
+
+
+def test_contrastive_queries_are_direct_mode_never_after_their_gold_reasoning(tiny_model):
+    """The reasoning target is written from the positive's attributes: an embedding read after it would copy the
+    answer. The queries the contrastive loss sees end `<think></think><emb>` and hold no reasoning text."""
+    _, processor = tiny_model
+    rows = synthetic_rows(2)
+    chunk = Moon3PairCollator(processor, chunk_size=0)(rows)["chunks"][0]
+    for row, ids, mask in zip(rows, chunk["input_ids"][:2], chunk["attention_mask"][:2], strict=True):
+        text = processor.tokenizer.decode(ids[mask.bool()])
+        assert text.endswith("<think></think><emb>")
+        assert row["reasoning"].strip() not in text
 
 
 @pytest.mark.data
@@ -77,7 +97,9 @@ def test_abt_buy_builder_uses_train_pairs_only():
 
     rows = abt_buy_rows(ABT_BUY_DIR)
     with (ABT_BUY_DIR / "test.csv").open() as handle:
-        test_pairs = {(r["tableA_name"].strip(), f"buy-{r['tableB_id']}") for r in csv.DictReader(handle) if r["label"] == "1"}
+        test_pairs = {
+            (r["tableA_name"].strip(), f"buy-{r['tableB_id']}") for r in csv.DictReader(handle) if r["label"] == "1"
+        }
     assert rows and not {(r["query"]["text"], r["positive"]["id"]) for r in rows} & test_pairs
 
 

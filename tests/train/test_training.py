@@ -68,7 +68,7 @@ def test_grad_cached_gradient_equals_full_batch_gradient(tiny_tokenizer, tmp_pat
         trainer = stage1_trainer(model, processor, rows, tmp_path, embedding_chunk_size=chunk_size, sft_weight=0.5)
         trainer.current_gradient_accumulation_steps = 1
         batch = Moon3PairCollator(processor, chunk_size)(rows)
-        assert len(batch["chunks"]) == (1 if chunk_size == 0 else 3)
+        assert len(batch["chunks"]) == (1 if chunk_size == 0 else 4)  # 4 queries + 4 positives + 4 SFT sequences
         trainer.training_step(trainer.model, batch)
         grads[chunk_size] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     assert grads[0].keys() == grads[3].keys()
