@@ -67,7 +67,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", default="direct", choices=["direct", "reason"], help="MOON3 embedding mode")
     parser.add_argument("--hub", action="store_true", help="load the fashion catalogue from the Hub even if local")
     parser.add_argument("--work", type=Path, default=REPO_ROOT / "runs/data", help="where converted data is written")
-    parser.add_argument("--out", type=Path, default=None, help="results folder (default: runs/bench/moon3-mini-<mode>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="results folder (default: runs/bench/moon3-mini-<mode>)"
+    )
     parser.add_argument("--tolerance", type=float, default=0.02, help="largest |diff| that counts as reproduced")
     return parser
 
@@ -91,7 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not reference:
         print("No README reference for this mode.")
     elif largest <= args.tolerance:
-        print(f"Reproduced: every primary metric within {args.tolerance} of the README (largest |diff| {largest:.3f}).")
+        print(
+            f"Reproduced: every primary metric within {args.tolerance} of the README (largest |diff| {largest:.3f})."
+        )
     else:
         print(
             f"NOT reproduced: largest |diff| {largest:.3f} > {args.tolerance}"

@@ -135,25 +135,50 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from train.trainer import Moon3GRPOTrainer, install_fused_policy_head
 
     rows = Dataset.from_list(synthetic_rows(64))
-    model, processor = load_for_training(None, RANDOM_MODEL_SIZES[args.size], tokenizer_texts=training_texts(rows),
-                                         embedding_dim=32 if args.size == "tiny" else 256,
-                                         matryoshka_dims=[8, 16, 32] if args.size == "tiny" else [64, 128, 256])
+    model, processor = load_for_training(
+        None,
+        RANDOM_MODEL_SIZES[args.size],
+        tokenizer_texts=training_texts(rows),
+        embedding_dim=32 if args.size == "tiny" else 256,
+        matryoshka_dims=[8, 16, 32] if args.size == "tiny" else [64, 128, 256],
+    )
     dataset = to_grpo_dataset(rows, processor)
-    common = dict(use_cpu=True, bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no",
-                  per_device_train_batch_size=args.batch_size, num_generations=args.num_generations,
-                  max_completion_length=args.max_completion_length, max_steps=args.steps, logging_steps=1, seed=0,
-                  shuffle_dataset=False, disable_tqdm=True)
+    common = dict(
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        save_strategy="no",
+        per_device_train_batch_size=args.batch_size,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length,
+        max_steps=args.steps,
+        logging_steps=1,
+        seed=0,
+        shuffle_dataset=False,
+        disable_tqdm=True,
+    )
     config = model.config
     plain_model = copy.deepcopy(model)
     plain_model.generation_config.eos_token_id = config.emb_token_id
     plain_model.generation_config.pad_token_id = config.pad_token_id
-    plain = GRPOTrainer(model=plain_model, processing_class=processor, train_dataset=dataset,
-                        reward_funcs=[make_format_reward(config.think_end_token_id, config.emb_token_id),
-                                      make_length_reward(config.think_end_token_id, 8)],
-                        args=GRPOConfig(output_dir=f"{args.output_dir}/plain", **common))
+    plain = GRPOTrainer(
+        model=plain_model,
+        processing_class=processor,
+        train_dataset=dataset,
+        reward_funcs=[
+            make_format_reward(config.think_end_token_id, config.emb_token_id),
+            make_length_reward(config.think_end_token_id, 8),
+        ],
+        args=GRPOConfig(output_dir=f"{args.output_dir}/plain", **common),
+    )
     install_fused_policy_head(plain.model)
-    moon3 = Moon3GRPOTrainer(model=copy.deepcopy(model), processing_class=processor, train_dataset=dataset,
-                             args=Moon3GRPOConfig(output_dir=f"{args.output_dir}/moon3", **common))
+    moon3 = Moon3GRPOTrainer(
+        model=copy.deepcopy(model),
+        processing_class=processor,
+        train_dataset=dataset,
+        args=Moon3GRPOConfig(output_dir=f"{args.output_dir}/moon3", **common),
+    )
     plain_steps, moon3_steps = (steps[1:] for steps in run_in_turns(plain, moon3))
     result = {
         "plain_s": median(s["wall"] for s in plain_steps),
@@ -164,8 +189,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "cpu_ratio": median(m["cpu"] / p["cpu"] for p, m in zip(plain_steps, moon3_steps, strict=True)),
     }
     ratios = sorted(m["wall"] / p["wall"] for p, m in zip(plain_steps, moon3_steps, strict=True))
-    print(f"\n| {args.size}, {args.batch_size} completions, <= {args.max_completion_length} tokens, "
-          f"{len(plain_steps)} timed steps each, {torch.get_num_threads()} threads | wall s/step | CPU s/step |")
+    print(
+        f"\n| {args.size}, {args.batch_size} completions, <= {args.max_completion_length} tokens, "
+        f"{len(plain_steps)} timed steps each, {torch.get_num_threads()} threads | wall s/step | CPU s/step |"
+    )
     print("|---|---|---|")
     print(f"| plain GRPOTrainer | {result['plain_s']:.3f} | {result['plain_cpu_s']:.3f} |")
     print(f"| Moon3GRPOTrainer (GRPO + contrastive) | {result['moon3_s']:.3f} | {result['moon3_cpu_s']:.3f} |")
@@ -174,8 +201,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print("\n| phase (median s/step) | plain | MOON3 |")
     print("|---|---|---|")
     for name in (*PHASES, "backward + optimizer (rest)"):
-        cells = [f"{median(s[name] for s in steps):.3f}" if steps and name in steps[0] else "-"
-                 for steps in (plain_steps, moon3_steps)]
+        cells = [
+            f"{median(s[name] for s in steps):.3f}" if steps and name in steps[0] else "-"
+            for steps in (plain_steps, moon3_steps)
+        ]
         print(f"| `{name}` | {cells[0]} | {cells[1]} |")
     return result
 

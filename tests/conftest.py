@@ -49,9 +49,7 @@ def build_tiny(tokenizer, family: str = "qwen3_vl", seed: int = 0, **config_over
     config_overrides.setdefault("matryoshka_dims", [8, 16, 32])
     config_overrides.setdefault("fusion_num_heads", 4)
     config_overrides.setdefault("max_reasoning_tokens", 6)
-    model, processor = build_random(
-        tokenizer, family=family, seed=seed, vlm_sizes=TINY_SIZES, **config_overrides
-    )
+    model, processor = build_random(tokenizer, family=family, seed=seed, vlm_sizes=TINY_SIZES, **config_overrides)
     processor.image_processor = build_image_processor(family, min_pixels=32 * 32, max_pixels=64 * 64)
     return model.eval(), processor
 

@@ -132,7 +132,9 @@ def train_variant(variant: Variant, args) -> Path:
             command += args.stage1_args
             record_time(folder, "stage1_s", run(command, folder / "logs" / "stage1.log", args.dry_run))
     elif not is_checkpoint(stage1) and not args.dry_run:
-        raise RuntimeError(f"{variant.name} reuses {stage1}, which does not exist yet: run {variant.stage1_from} first.")
+        raise RuntimeError(
+            f"{variant.name} reuses {stage1}, which does not exist yet: run {variant.stage1_from} first."
+        )
     if not variant.stage2:
         return stage1
     stage2 = folder / "stage2"
@@ -207,7 +209,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-eval", action="store_true", help="train only")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
-        "--stage1-args", type=shlex.split, default=[], help='extra stage-1 flags for every variant, e.g. "--max_steps 10"'
+        "--stage1-args",
+        type=shlex.split,
+        default=[],
+        help='extra stage-1 flags for every variant, e.g. "--max_steps 10"',
     )
     parser.add_argument("--stage2-args", type=shlex.split, default=[], help="extra stage-2 flags for every variant")
     return parser
@@ -220,7 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = args.out / "tokenizer"
     if not (tokenizer / "tokenizer.json").is_file():
         command = [sys.executable, "-m", "train.build_tokenizer", "--data", str(args.catalogue)]
-        run(command + ["--vocab-size", str(VOCAB_SIZE), "--out", str(tokenizer)], args.out / "tokenizer.log", args.dry_run)
+        run(
+            command + ["--vocab-size", str(VOCAB_SIZE), "--out", str(tokenizer)],
+            args.out / "tokenizer.log",
+            args.dry_run,
+        )
     rows = {}
     for name in args.variants:
         variant = VARIANTS[name]

@@ -101,7 +101,9 @@ def small_vlm_config(
     else:
         vision["fullatt_block_indexes"] = [vision_depth - 1]
         vision["window_size"] = 112
-    tokens = {key: ids[key] for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")}
+    tokens = {
+        key: ids[key] for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    }
     return {"model_type": family, "text_config": text, "vision_config": vision, "tie_word_embeddings": True, **tokens}
 
 
@@ -126,7 +128,14 @@ def moon3_config(vlm_config, tokenizer, **overrides):
     from train.moon3_code import Moon3Config
 
     ids = special_token_ids(tokenizer)
-    keys = ("think_token_id", "think_end_token_id", "emb_token_id", "image_token_id", "im_start_token_id", "pad_token_id")
+    keys = (
+        "think_token_id",
+        "think_end_token_id",
+        "emb_token_id",
+        "image_token_id",
+        "im_start_token_id",
+        "pad_token_id",
+    )
     return Moon3Config(vlm_config=vlm_config, **{key: ids[key] for key in keys}, **overrides)
 
 
@@ -180,7 +189,9 @@ def build_random(
 
     from train.moon3_code import Moon3Model, Moon3Processor
 
-    config = moon3_config(small_vlm_config(tokenizer, family=family, **(vlm_sizes or {})), tokenizer, **config_overrides)
+    config = moon3_config(
+        small_vlm_config(tokenizer, family=family, **(vlm_sizes or {})), tokenizer, **config_overrides
+    )
     torch.manual_seed(seed)
     model = Moon3Model(config)
     processor = Moon3Processor(
@@ -203,7 +214,9 @@ def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
     backbone_config = AutoConfig.from_pretrained(backbone)
     family = backbone_config.model_type
     if family not in FAMILY_IMAGE_SETTINGS:
-        raise ValueError(f"--backbone {backbone!r} is a {family!r} model; MOON3 supports {list(FAMILY_IMAGE_SETTINGS)}.")
+        raise ValueError(
+            f"--backbone {backbone!r} is a {family!r} model; MOON3 supports {list(FAMILY_IMAGE_SETTINGS)}."
+        )
     vlm = AutoModelForImageTextToText.from_pretrained(backbone, dtype=dtype)
     vlm.resize_token_embeddings(len(tokenizer))
     config = moon3_config(vlm.config, tokenizer, **config_overrides)
@@ -317,7 +330,9 @@ def load_for_training(
         if not tokenizer_texts:
             raise ValueError("A random model needs tokenizer_texts to train its tokenizer on.")
         tokenizer = train_tokenizer(tokenizer_texts, vocab_size=min(2000, 300 + 20 * len(tokenizer_texts)))
-        model, processor = build_random(tokenizer, family=family, seed=seed, vlm_sizes=random_model_sizes, **config_overrides)
+        model, processor = build_random(
+            tokenizer, family=family, seed=seed, vlm_sizes=random_model_sizes, **config_overrides
+        )
         processor.image_processor = build_image_processor(family, min_pixels=32 * 32, max_pixels=64 * 64)
         return model, processor
     if model_name_or_path is None:

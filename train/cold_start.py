@@ -51,7 +51,9 @@ def training_texts(dataset, limit: int = 2000) -> list[str]:
         query = clean_item(row["query"])
         texts.append(query if isinstance(query, str) else query.get("text", ""))
         positive = clean_item(row["positive"])
-        texts.append(positive.get("title", "") + " " + " ".join(f"{k}: {v}" for k, v in positive.get("attributes", {}).items()))
+        texts.append(
+            positive.get("title", "") + " " + " ".join(f"{k}: {v}" for k, v in positive.get("attributes", {}).items())
+        )
         if row.get("reasoning"):
             texts.append(row["reasoning"])
     return [text for text in texts if text]
@@ -68,7 +70,11 @@ def build_model(script_args, model_args, dataset):
         family=script_args.random_model_family,
         tokenizer_texts=training_texts(dataset) if sizes else None,
         dtype=model_args.dtype,
-        **({"embedding_dim": 32, "matryoshka_dims": [8, 16, 32], "max_reasoning_tokens": 8} if script_args.random_model == "tiny" else {}),
+        **(
+            {"embedding_dim": 32, "matryoshka_dims": [8, 16, 32], "max_reasoning_tokens": 8}
+            if script_args.random_model == "tiny"
+            else {}
+        ),
     )
     if script_args.freeze_vision_tower:
         model.backbone.model.visual.requires_grad_(False)
@@ -106,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         model=model,
         args=training_args,
         train_dataset=dataset,
-        data_collator=Moon3PairCollator(processor, training_args.embedding_chunk_size, training_args.num_hard_negatives),
+        data_collator=Moon3PairCollator(
+            processor, training_args.embedding_chunk_size, training_args.num_hard_negatives
+        ),
         processing_class=processor,
         loss_fn=loss_fn,
     )

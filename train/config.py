@@ -33,7 +33,8 @@ class Moon3ScriptArguments(ScriptArguments):
         metadata={"help": "JSONL/Parquet file(s) in MOON3's training format (see train/data.py), comma-separated."},
     )
     synthetic_rows: int = field(
-        default=0, metadata={"help": "Rows of the built-in synthetic catalogue to train on instead of files (0 = off)."}
+        default=0,
+        metadata={"help": "Rows of the built-in synthetic catalogue to train on instead of files (0 = off)."},
     )
     random_model: str | None = field(
         default=None,

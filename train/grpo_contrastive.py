@@ -29,7 +29,10 @@ import logging
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (`accelerate launch train/grpo_contrastive.py`): make `train` importable
+if __package__ in (
+    None,
+    "",
+):  # run as a script (`accelerate launch train/grpo_contrastive.py`): make `train` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 logger = logging.getLogger(__name__)

@@ -48,7 +48,9 @@ class GenerationRecorder:
         if getattr(output, "raw_signals", None) is not None and self.signals is None:  # the prefill
             self.signals = output.raw_signals
             input_ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
-            self.prompt_mask = torch.ones_like(input_ids) if mask is None else mask  # generate() drops an all-ones mask
+            self.prompt_mask = (
+                torch.ones_like(input_ids) if mask is None else mask
+            )  # generate() drops an all-ones mask
             self.prompt_width = input_ids.shape[1]
 
     def _backbone_hook(self, module, args, kwargs, output):
@@ -92,19 +94,29 @@ def _extra_decode_step(model, recorder: GenerationRecorder, completion_ids):
     input_ids = torch.tensor(last, device=device).unsqueeze(1)  # (B, 1)
     mask = torch.cat([recorder.prompt_mask, recorder.prompt_mask.new_ones(len(last), width)], dim=1)  # (B, P + T)
     # The backbone hook records this step's hidden states like those of generate()'s own decode steps.
-    model(input_ids=input_ids, attention_mask=mask, position_ids=model._decode_position_ids(mask, 1),
-          cache=recorder.cache, use_cache=True, return_embeddings=False)
+    model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=model._decode_position_ids(mask, 1),
+        cache=recorder.cache,
+        use_cache=True,
+        return_embeddings=False,
+    )
     return recorder.states.get(recorder.prompt_width + width - 1)
 
 
 @torch.no_grad()
-def forward_embeddings(model, prompt_ids, multimodal_fields: dict, completion_ids: list[list[int]], device) -> torch.Tensor:
+def forward_embeddings(
+    model, prompt_ids, multimodal_fields: dict, completion_ids: list[list[int]], device
+) -> torch.Tensor:
     """Tensor[B, E]: embeddings at each completion's last token from one forward over prompt + completion.
 
     `prompt_ids` (lists of ints) and `multimodal_fields` (`pixel_values`, `image_grid_thw`, ...) are what TRL
     generated from."""
     config = model.config
-    sequences = [list(prompt) + list(completion) for prompt, completion in zip(prompt_ids, completion_ids, strict=True)]
+    sequences = [
+        list(prompt) + list(completion) for prompt, completion in zip(prompt_ids, completion_ids, strict=True)
+    ]
     width = max(len(s) for s in sequences)
     input_ids = torch.tensor([[config.pad_token_id] * (width - len(s)) + s for s in sequences], device=device)
     attention_mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)

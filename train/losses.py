@@ -151,11 +151,15 @@ class Moon3InfoNCELoss(nn.Module):
         return list(zip(self.matryoshka_dims, self.matryoshka_weights, strict=True))
 
 
-def in_batch_accuracy(query_embeddings: torch.Tensor, doc_embeddings: torch.Tensor, doc_keys: torch.Tensor | None = None) -> float:
+def in_batch_accuracy(
+    query_embeddings: torch.Tensor, doc_embeddings: torch.Tensor, doc_keys: torch.Tensor | None = None
+) -> float:
     """Fraction of queries whose top-scoring document (among `doc_embeddings`) is their positive (row i) or a
     document with the same key. Local only, no gradient: a training-time health metric."""
     with torch.no_grad():
-        scores = F.normalize(query_embeddings.float(), dim=-1) @ F.normalize(doc_embeddings.float(), dim=-1).T  # (B, N)
+        scores = (
+            F.normalize(query_embeddings.float(), dim=-1) @ F.normalize(doc_embeddings.float(), dim=-1).T
+        )  # (B, N)
         top = scores.argmax(dim=1)  # (B,)
         rows = torch.arange(query_embeddings.shape[0], device=top.device)
         if doc_keys is None:

@@ -60,7 +60,9 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
     @functools.wraps(type(model).forward)  # generate() validates its kwargs against this signature
     def forward(self, *args, fused_lm_head=False, labels=None, **kwargs):
         if not fused_lm_head:
-            if kwargs.get("raw_signals") is None and (kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None):
+            if kwargs.get("raw_signals") is None and (
+                kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None
+            ):
                 # A decode step of generate(): a row that already produced <emb> feeds it back while the others
                 # continue; there is no embedding to read there (and no prompt signals for the fusion module).
                 kwargs.setdefault("return_embeddings", False)
@@ -69,7 +71,9 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
         scored = (labels != -100).any(dim=0).nonzero()  # columns whose token is scored
         first = int(scored[0]) if len(scored) else labels.shape[1] - 1
         keep = labels.shape[1] - first + 1  # logits of positions first-1 .. L-1
-        outputs = type(self).forward(self, *args, logits_to_keep=keep, return_embeddings=True, use_cache=False, **kwargs)
+        outputs = type(self).forward(
+            self, *args, logits_to_keep=keep, return_embeddings=True, use_cache=False, **kwargs
+        )
         logits = outputs.logits[:, :-1].float() / temperature  # (B, keep - 1, V) predicts labels[:, first:]
         targets = labels[:, first:]
         log_probs = selective_log_softmax(logits, targets.clamp(min=0)).masked_fill(targets == -100, 0.0)
@@ -103,15 +107,35 @@ class Moon3GRPOTrainer(GRPOTrainer):
     ```
     """
 
-    def __init__(self, model, args, train_dataset, processing_class, loss_fn: Moon3InfoNCELoss | None = None, reward_funcs=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        args,
+        train_dataset,
+        processing_class,
+        loss_fn: Moon3InfoNCELoss | None = None,
+        reward_funcs=None,
+        **kwargs,
+    ):
         config = model.config
         # Completions must end `reasoning</think><emb>`: stop generating at <emb>.
         model.generation_config.eos_token_id = config.emb_token_id
         model.generation_config.pad_token_id = config.pad_token_id
         if reward_funcs is None:
-            reward_funcs = moon3_reward_funcs(config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens)
-        super().__init__(model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, processing_class=processing_class, **kwargs)
-        if self.tools or self.rollout_func is not None:  # completions would no longer match one generation's embeddings
+            reward_funcs = moon3_reward_funcs(
+                config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens
+            )
+        super().__init__(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        if (
+            self.tools or self.rollout_func is not None
+        ):  # completions would no longer match one generation's embeddings
             raise ValueError("Moon3GRPOTrainer does not support tools or rollout_func.")
         self.loss_fn = loss_fn or Moon3InfoNCELoss(
             temperature=args.contrastive_temperature,
@@ -132,7 +156,13 @@ class Moon3GRPOTrainer(GRPOTrainer):
         doc_keys = torch.cat([inputs["positive_keys"], inputs["negative_keys"]])  # (2B,)
         contrastive = self.loss_fn(completion_embeddings, doc_embeddings, doc_keys=doc_keys)
         loss = grpo_loss + self.args.contrastive_weight * contrastive / self.current_gradient_accumulation_steps
-        self._check_and_log(grpo_loss * self.current_gradient_accumulation_steps, contrastive, completion_embeddings, doc_embeddings, doc_keys)
+        self._check_and_log(
+            grpo_loss * self.current_gradient_accumulation_steps,
+            contrastive,
+            completion_embeddings,
+            doc_embeddings,
+            doc_keys,
+        )
         return loss
 
     @contextlib.contextmanager
@@ -158,7 +188,9 @@ class Moon3GRPOTrainer(GRPOTrainer):
         metrics = self._metrics["train" if self.model.training else "eval"]
         metrics["grpo/loss"].append(grpo_loss.item())
         metrics["contrastive/loss"].append(contrastive.item())
-        metrics["retrieval/in_batch_accuracy"].append(in_batch_accuracy(completion_embeddings, doc_embeddings, doc_keys))
+        metrics["retrieval/in_batch_accuracy"].append(
+            in_batch_accuracy(completion_embeddings, doc_embeddings, doc_keys)
+        )
 
     # ----- candidates and retrieval ranks (for the rewards and the contrastive term)
 
@@ -174,10 +206,14 @@ class Moon3GRPOTrainer(GRPOTrainer):
         model = self.accelerator.unwrap_model(self.model)
         record = not (self.use_vllm or self.use_transformers_continuous_batching)
         with GenerationRecorder(model) if record else contextlib.nullcontext() as recorder:
-            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs)
+            completion_ids, logprobs = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
+            )
             embeddings = completion_embeddings(model, recorder, completion_ids) if record else None
         if embeddings is None:
-            embeddings = forward_embeddings(model, prompt_ids, multimodal_fields, completion_ids, self.accelerator.device)
+            embeddings = forward_embeddings(
+                model, prompt_ids, multimodal_fields, completion_ids, self.accelerator.device
+            )
         self._completion_embeddings = embeddings
         return completion_ids, logprobs
 
@@ -185,8 +221,10 @@ class Moon3GRPOTrainer(GRPOTrainer):
         candidates = self._embed_candidates(inputs)
         completion_embeddings, self._completion_embeddings = self._completion_embeddings, None  # (B, E)
         if completion_embeddings is None or len(completion_embeddings) != len(completion_ids_list):
-            raise RuntimeError("Moon3GRPOTrainer: no completion embeddings from this generation (tool calls and "
-                               "custom rollout functions are not supported).")
+            raise RuntimeError(
+                "Moon3GRPOTrainer: no completion embeddings from this generation (tool calls and "
+                "custom rollout functions are not supported)."
+            )
         ranks, total = self._retrieval_ranks(completion_embeddings, candidates)
         for row, rank in zip(inputs, ranks, strict=True):
             row["retrieval_rank"], row["num_candidates"] = rank, total
@@ -205,7 +243,10 @@ class Moon3GRPOTrainer(GRPOTrainer):
         """Direct-mode embeddings of each row's positive and first hard negative (the positive again when the row has
         none; the loss masks it by key). Each distinct product is embedded once."""
         positives = [clean_item(row["positive"]) for row in inputs]
-        negatives = [(clean_item(row.get("negatives") or []) or [positive])[0] for row, positive in zip(inputs, positives, strict=True)]
+        negatives = [
+            (clean_item(row.get("negatives") or []) or [positive])[0]
+            for row, positive in zip(inputs, positives, strict=True)
+        ]
         keys = [product_key(product) for product in positives + negatives]
         unique = dict(zip(keys, positives + negatives, strict=True))
         model = self.accelerator.unwrap_model(self.model)

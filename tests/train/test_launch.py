@@ -30,13 +30,29 @@ def final_step(output_dir: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["cpu_1proc.yaml", "cpu_2proc.yaml"])
 def test_tiny_grpo_recipe_runs(config, tmp_path):
-    launch(config, "train/grpo_contrastive.py", "train/recipes/tiny_grpo.yaml", "--output_dir", str(tmp_path), "--max_steps", "4")
+    launch(
+        config,
+        "train/grpo_contrastive.py",
+        "train/recipes/tiny_grpo.yaml",
+        "--output_dir",
+        str(tmp_path),
+        "--max_steps",
+        "4",
+    )
     assert final_step(tmp_path) == 4 and (tmp_path / "model.safetensors").is_file()
 
 
 @pytest.mark.slow
 def test_tiny_cold_start_recipe_runs_on_two_processes(tmp_path):
-    launch("cpu_2proc.yaml", "train/cold_start.py", "train/recipes/tiny_cold_start.yaml", "--output_dir", str(tmp_path), "--max_steps", "6")
+    launch(
+        "cpu_2proc.yaml",
+        "train/cold_start.py",
+        "train/recipes/tiny_cold_start.yaml",
+        "--output_dir",
+        str(tmp_path),
+        "--max_steps",
+        "6",
+    )
     assert final_step(tmp_path) == 6
 
 
@@ -51,11 +67,20 @@ def test_killed_run_resumes_to_the_same_final_step(tmp_path):
     from train.moon3_code import Moon3Model
 
     recipe = ["--output_dir", str(tmp_path), "--max_steps", "8", "--save_steps", "4"]
-    command = [ACCELERATE, "launch", "--config_file", "train/accelerate/cpu_1proc.yaml", "train/grpo_contrastive.py",
-               "--config", "train/recipes/tiny_grpo.yaml", *recipe]
+    command = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        "train/accelerate/cpu_1proc.yaml",
+        "train/grpo_contrastive.py",
+        "--config",
+        "train/recipes/tiny_grpo.yaml",
+        *recipe,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    run = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    run = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     try:
         while not (tmp_path / "checkpoint-4" / "trainer_state.json").is_file():
@@ -69,7 +94,13 @@ def test_killed_run_resumes_to_the_same_final_step(tmp_path):
 
     last = get_last_checkpoint(str(tmp_path))
     assert last is not None and int(last.rsplit("-", 1)[1]) >= 4
-    launch("cpu_1proc.yaml", "train/grpo_contrastive.py", "train/recipes/tiny_grpo.yaml", *recipe,
-           "--resume_from_checkpoint", last)
+    launch(
+        "cpu_1proc.yaml",
+        "train/grpo_contrastive.py",
+        "train/recipes/tiny_grpo.yaml",
+        *recipe,
+        "--resume_from_checkpoint",
+        last,
+    )
     assert final_step(tmp_path) == 8
     Moon3Model.from_pretrained(tmp_path / "checkpoint-8")  # the final checkpoint loads

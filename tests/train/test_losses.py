@@ -76,7 +76,12 @@ def test_rejects_bad_hyperparameters():
 
 def test_config_dict_records_hyperparameters():
     config = Moon3InfoNCELoss(temperature=0.02, matryoshka_dims=[8, 16]).get_config_dict()
-    assert config == {"temperature": 0.02, "matryoshka_dims": [8, 16], "matryoshka_weights": [1.0, 1.0], "gather_across_devices": True}
+    assert config == {
+        "temperature": 0.02,
+        "matryoshka_dims": [8, 16],
+        "matryoshka_weights": [1.0, 1.0],
+        "gather_across_devices": True,
+    }
 
 
 def test_in_batch_accuracy_counts_top1_hits():

@@ -12,7 +12,9 @@ THINK_END, EMB = 5, 6
 
 
 def test_retrieval_reward_is_one_at_rank_one_and_zero_at_last():
-    rewards = retrieval_rank_reward(completions=["a", "b", "c", "d"], retrieval_rank=[1, 8, 2, None], num_candidates=[8, 8, 8, 8])
+    rewards = retrieval_rank_reward(
+        completions=["a", "b", "c", "d"], retrieval_rank=[1, 8, 2, None], num_candidates=[8, 8, 8, 8]
+    )
     assert rewards[0] == 1.0
     assert rewards[1] == pytest.approx(0.0)
     assert rewards[2] == pytest.approx(1 - math.log(2) / math.log(8))
