@@ -14,8 +14,28 @@ REPO = Path(__file__).resolve().parents[2]
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 
 
+def free_port() -> int:
+    """A port nobody listens on now: back-to-back gloo runs on the config's fixed port can hit TIME_WAIT."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def launch(config: str, script: str, recipe: str, *extra: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    command = [ACCELERATE, "launch", "--config_file", f"train/accelerate/{config}", script, "--config", recipe, *extra]
+    command = [
+        ACCELERATE,
+        "launch",
+        "--config_file",
+        f"train/accelerate/{config}",
+        "--main_process_port",
+        str(free_port()),
+        script,
+        "--config",
+        recipe,
+        *extra,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
