@@ -20,12 +20,11 @@ def readme_block(marker: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs ../shared/data/fashion-product-images")
-def test_quickstart_runs_against_the_root_checkpoint():
+def run_readme_example(marker: str) -> str:
+    """Run a README Python block in a fresh offline process from the repo root; return what it printed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, "-c", readme_block("readme-example: quickstart")],
+        [sys.executable, "-c", readme_block(marker)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -33,7 +32,16 @@ def test_quickstart_runs_against_the_root_checkpoint():
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "torch.Size([2, 2]) torch.Size([2, 256])" in result.stdout
+    return result.stdout
+
+
+needs_fashion_data = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs ../shared/data/fashion-product-images")
+
+
+@pytest.mark.slow
+@needs_fashion_data
+def test_quickstart_runs_against_the_root_checkpoint():
+    assert "torch.Size([2, 2]) torch.Size([2, 256])" in run_readme_example("readme-example: quickstart")
 
 
 def test_ci_script_runs_the_readme_test_command():
@@ -54,16 +62,6 @@ def test_ci_script_runs_the_readme_test_command():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="needs ../shared/data/fashion-product-images")
+@needs_fashion_data
 def test_sentence_transformers_example_runs_against_the_root_checkpoint():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", readme_block("readme-example: sentence-transformers")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "torch.Size([3, 1])" in result.stdout
+    assert "torch.Size([3, 1])" in run_readme_example("readme-example: sentence-transformers")
