@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def item_modalities(item: dict) -> set[str]:
     return {m for m in ("text", "image") if item.get(m)}
 
 
-class Encoder:
+class Encoder(ABC):
     """A dense model: `encode_queries` / `encode_documents` return L2-normalised float32 arrays (N, E)."""
 
     name: str = "encoder"
@@ -68,25 +69,25 @@ class Encoder:
         """A string that changes whenever the embeddings could change; None disables the embedding cache."""
         return f"{self.name}@{self.revision}"
 
-    def encode_queries(self, items: list[dict], show_progress: bool = False) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def encode_queries(self, items: list[dict], show_progress: bool = False) -> np.ndarray: ...
 
-    def encode_documents(self, items: list[dict], show_progress: bool = False) -> np.ndarray:
-        raise NotImplementedError
+    @abstractmethod
+    def encode_documents(self, items: list[dict], show_progress: bool = False) -> np.ndarray: ...
 
 
-class Scorer:
+class Scorer(ABC):
     """A model that scores queries against documents without vectors (e.g. BM25)."""
 
     name: str = "scorer"
     revision: str | None = None
     modalities: frozenset[str] = frozenset({"text"})
 
+    @abstractmethod
     def score_blocks(
         self, queries: list[dict], documents: list[dict], block_queries: int = 256
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield `(start, scores)` with scores (q, N) for queries[start:start+q] against all documents."""
-        raise NotImplementedError
 
 
 class RandomEncoder(Encoder):

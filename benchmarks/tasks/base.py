@@ -6,6 +6,8 @@ When the model lacks a modality the task needs, every value is None (n/a), never
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from ..cache import EmbeddingCache
@@ -13,7 +15,7 @@ from ..data_format import BenchData
 from ..encoders import Encoder, Scorer
 
 
-class Task:
+class Task(ABC):
     """Base class. Subclasses set `family`, `primary_metric`, `greater_is_better`, `required_modalities`,
     `metric_names` and implement `evaluate(model) -> dict[str, float]` with un-prefixed metric names."""
 
@@ -47,8 +49,8 @@ class Task:
             return {f"{self.name}/{m}": None for m in self.metric_names}
         return {f"{self.name}/{m}": float(v) for m, v in self.evaluate(model).items()}
 
-    def evaluate(self, model: Encoder | Scorer) -> dict[str, float]:
-        raise NotImplementedError
+    @abstractmethod
+    def evaluate(self, model: Encoder | Scorer) -> dict[str, float]: ...
 
     def encode(self, model: Encoder, items: list[dict], side: str) -> np.ndarray:
         """Encode `items` as queries or documents (`side`), through the embedding cache when there is one."""
