@@ -2,6 +2,7 @@
 
     python -m benchmarks.evaluate_shipped                  # direct mode: fashion test split + Abt-Buy
     python -m benchmarks.evaluate_shipped --mode reason    # reasoning mode (generates up to 40 tokens per item)
+    python -m benchmarks.evaluate_shipped --write-reference  # after retraining: this run becomes the README row
 
 Data: the fashion catalogue is read from ../shared/data/fashion-product-images when it is there, otherwise the same
 catalogue is loaded from the Hub (ashraq/fashion-product-images-small; needs network) — the script says which. Abt-Buy
@@ -71,7 +72,38 @@ def make_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="results folder (default: runs/bench/moon3-mini-<mode>)"
     )
     parser.add_argument("--tolerance", type=float, default=0.02, help="largest |diff| that counts as reproduced")
+    parser.add_argument(
+        "--write-reference",
+        action="store_true",
+        help="store this run's metrics and data hashes as the reference for --mode (after the root weights change)",
+    )
     return parser
+
+
+def reference_entry(results: dict, mode: str) -> dict:
+    """The reference record of one mode: the primary metric of every task (4 decimals) and the data hashes."""
+    command = "python -m benchmarks.run --model . --trust-remote-code"
+    command += " --mode reason" if mode == "reason" else ""
+    metrics = {
+        name: round(results["metrics"][f"{name}/{info['primary_metric']}"], 4)
+        for name, info in results["tasks"].items()
+        if results["metrics"].get(f"{name}/{info['primary_metric']}") is not None
+    }
+    return {
+        "model": "moon3-mini (repo root)",
+        "data_hashes": {d["name"]: d["hash"] for d in results["data"]},
+        "command": command + " --data runs/data/fashion runs/data/abt-buy",
+        "metrics": metrics,
+    }
+
+
+def write_reference(results: dict, mode: str, path: Path = REFERENCE) -> None:
+    """Replace `mode`'s entry of the reference file (atomically), keeping the other mode's."""
+    reference = json.loads(path.read_text()) if path.is_file() else {}
+    reference[mode] = reference_entry(results, mode)
+    staging = path.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(reference, indent=2) + "\n")
+    staging.replace(path)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or REPO_ROOT / f"runs/bench/moon3-mini-{args.mode}"
     command = ["--model", args.model, "--trust-remote-code", "--mode", args.mode, "--out", str(out), "--no-progress"]
     results = run_benchmark(command + ["--data", *map(str, folders)])
+    if args.write_reference:
+        write_reference(results, args.mode)
+        logger.info("wrote the %s-mode reference to %s", args.mode, REFERENCE)
     reference = json.loads(REFERENCE.read_text()).get(args.mode, {}) if REFERENCE.is_file() else {}
     table, largest = comparison_table(results, reference.get("metrics", {}))
     print("\nData used:\n" + "\n".join(f"- {note}" for note in notes))

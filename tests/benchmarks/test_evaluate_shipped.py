@@ -22,3 +22,17 @@ def test_reference_file_holds_the_direct_row_with_data_hashes():
     reference = json.loads(REFERENCE.read_text())["direct"]
     assert set(reference["data_hashes"]) == {"fashion", "abt-buy"}
     assert all(0.0 <= value <= 1.0 for value in reference["metrics"].values())
+
+
+def test_write_reference_replaces_one_mode_and_keeps_the_other(tmp_path):
+    from benchmarks.evaluate_shipped import write_reference
+
+    path = tmp_path / "reference.json"
+    path.write_text(json.dumps({"direct": {"metrics": {"old": 0.1}}, "reason": {"metrics": {"kept": 0.2}}}))
+    results = _results(0.123456) | {"data": [{"name": "fashion", "hash": "abc"}]}
+    write_reference(results, "direct", path)
+    reference = json.loads(path.read_text())
+    assert reference["direct"]["metrics"] == {"fashion/retrieval/text2product": 0.1235}
+    assert reference["direct"]["data_hashes"] == {"fashion": "abc"}
+    assert "--mode reason" not in reference["direct"]["command"]
+    assert reference["reason"] == {"metrics": {"kept": 0.2}}
