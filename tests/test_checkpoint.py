@@ -142,3 +142,16 @@ def test_tiny_qwen2_5_vl_checkpoint_round_trips(tiny_tokenizer, tmp_path):
         model.encode(["navy shirt"], processor, kind="query"),
         reloaded.encode(["navy shirt"], reprocessor, kind="query"),
     )
+
+
+@pytest.mark.parametrize("switch", ["use_fusion", "use_fire"])
+def test_ablated_build_starts_from_the_full_models_weights(tiny_tokenizer, switch):
+    """`--no-fusion` / `--no-fire` remove one module; every other tensor starts bitwise equal to the full build."""
+    full, _ = build_tiny(tiny_tokenizer, seed=3)
+    ablated, _ = build_tiny(tiny_tokenizer, seed=3, **{switch: False})
+    full_state, ablated_state = full.state_dict(), ablated.state_dict()
+    assert set(ablated_state) < set(full_state)
+    removed = {name.split(".")[0] for name in set(full_state) - set(ablated_state)}
+    assert removed == {"fusion" if switch == "use_fusion" else "fire"}
+    for name, tensor in ablated_state.items():
+        assert torch.equal(tensor, full_state[name]), name

@@ -194,6 +194,15 @@ def build_random(
     )
     torch.manual_seed(seed)
     model = Moon3Model(config)
+    if not (config.use_fusion and config.use_fire):
+        # An ablation must differ from the full model in the switched-off module only. Removing a module shifts the
+        # random draws of every module built after it, so build the full model from the same seed and copy its
+        # weights: the remaining modules then start bitwise equal to the full model's.
+        full_overrides = {**config_overrides, "use_fusion": True, "use_fire": True}
+        full_config = moon3_config(config.vlm_config, tokenizer, **full_overrides)
+        torch.manual_seed(seed)
+        full_state = Moon3Model(full_config).state_dict()
+        model.load_state_dict({name: full_state[name] for name in model.state_dict()})
     processor = Moon3Processor(
         image_processor=build_image_processor(family, min_pixels=min(64 * 64, max_pixels), max_pixels=max_pixels),
         tokenizer=tokenizer,
