@@ -3,6 +3,7 @@
     python -m train.ablate --out runs/ablation                       # every variant (resumable)
     python -m train.ablate --out runs/ablation --variants full-s0    # the shipped checkpoint only
     python -m train.ablate --out runs/ablation --dry-run             # print the commands, run nothing
+    python -m train.ablate --out runs/ablation --mode reason         # the same rows, embedded after their reasoning
 
 Every variant is trained by the same two documented commands (`accelerate launch train/cold_start.py --config
 train/recipes/mini_cold_start.yaml`, then `train/grpo_contrastive.py --config train/recipes/mini_grpo.yaml`) from a
@@ -16,7 +17,7 @@ random checkpoint built by `python -m train.build_checkpoint --random`, with exa
 | `no-fire` | checkpoint built with `--no-fire` |
 | `grpo-only` | stage 2 with `--contrastive_weight 0` (from `full-s0`'s stage 1) |
 
-Each variant is then evaluated with `python -m benchmarks.run` (direct mode) on the converted fashion test split and
+Each variant is then evaluated with `python -m benchmarks.run` (direct mode, or `--mode reason`) on the fashion test split and
 Abt-Buy. A step whose output already exists is skipped, so an interrupted run resumes; every result file is written
 atomically. The table (primary metric per task, and their mean) goes to `<out>/table.md` and `<out>/table.json`.
 """
@@ -148,12 +149,15 @@ def train_variant(variant: Variant, args) -> Path:
 
 def evaluate(variant: Variant, checkpoint: Path, args) -> Path:
     folder = args.out / variant.name
-    results = folder / args.bench_name / "results.json"
+    bench_name = args.bench_name or ("bench" if args.mode == "direct" else f"bench-{args.mode}")
+    results = folder / bench_name / "results.json"
     if not results.is_file():
         command = [sys.executable, "-m", "benchmarks.run", "--model", str(checkpoint), "--trust-remote-code"]
+        command += ["--mode", args.mode]
         command += ["--data", *map(str, args.data), "--out", str(results.parent), "--no-progress"]
         command += ["--tasks", *args.tasks] if args.tasks else []
-        record_time(folder, "eval_s", run(command, folder / "logs" / f"eval-{args.bench_name}.log", args.dry_run))
+        seconds = run(command, folder / "logs" / f"eval-{bench_name}.log", args.dry_run)
+        record_time(folder, "eval_s" if bench_name == "bench" else f"eval_{bench_name}_s", seconds)
     return results
 
 
@@ -211,7 +215,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--baselines", nargs="*", default=[], help="results.json files of baselines to add as rows (e.g. bm25)"
     )
     parser.add_argument(
-        "--bench-name", default="bench", help="sub-folder of each variant for the results (one per data/task choice)"
+        "--bench-name",
+        default=None,
+        help="sub-folder of each variant for the results, one per data/task/mode choice (default: bench, bench-reason)",
+    )
+    parser.add_argument(
+        "--mode", default="direct", choices=["direct", "reason"], help="MOON3 embedding mode for the evaluation"
     )
     parser.add_argument("--skip-eval", action="store_true", help="train only")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -246,13 +255,14 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         results = json.loads(evaluate(variant, checkpoint, args).read_text())
         rows[name] = {"label": variant.description, "checkpoint": str(checkpoint), "metrics": primary_metrics(results)}
+    table_name = "table" if args.mode == "direct" else f"table-{args.mode}"
     for path in map(Path, args.baselines):
         results = json.loads(path.read_text())
         rows[results["model"]["name"]] = {"label": results["model"]["name"], "metrics": primary_metrics(results)}
     if rows:
         table = markdown(rows)
-        atomic_write(args.out / "table.json", json.dumps(rows, indent=2) + "\n")
-        atomic_write(args.out / "table.md", table)
+        atomic_write(args.out / f"{table_name}.json", json.dumps(rows, indent=2) + "\n")
+        atomic_write(args.out / f"{table_name}.md", table)
         print(table)
     return rows
 
