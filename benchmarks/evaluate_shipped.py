@@ -18,6 +18,8 @@ import json
 import logging
 from pathlib import Path
 
+from .io_utils import atomic_write_json
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -101,9 +103,7 @@ def write_reference(results: dict, mode: str, path: Path = REFERENCE) -> None:
     """Replace `mode`'s entry of the reference file (atomically), keeping the other mode's."""
     reference = json.loads(path.read_text()) if path.is_file() else {}
     reference[mode] = reference_entry(results, mode)
-    staging = path.with_suffix(".json.tmp")
-    staging.write_text(json.dumps(reference, indent=2) + "\n")
-    staging.replace(path)
+    atomic_write_json(path, reference)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.io_utils import atomic_write_text
+
 logger = logging.getLogger("train.ablate")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -97,18 +99,12 @@ def run(command: list[str], log_path: Path, dry_run: bool) -> float:
     return seconds
 
 
-def atomic_write(path: Path, text: str) -> None:
-    staging = path.with_suffix(path.suffix + ".tmp")
-    staging.write_text(text)
-    staging.replace(path)
-
-
 def record_time(folder: Path, step: str, seconds: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "timings.json"
     timings = json.loads(path.read_text()) if path.is_file() else {}
     timings[step] = round(seconds, 1)
-    atomic_write(path, json.dumps(timings, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(timings, indent=2) + "\n")
 
 
 def is_checkpoint(folder: Path) -> bool:
@@ -261,8 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows[results["model"]["name"]] = {"label": results["model"]["name"], "metrics": primary_metrics(results)}
     if rows:
         table = markdown(rows)
-        atomic_write(args.out / f"{table_name}.json", json.dumps(rows, indent=2) + "\n")
-        atomic_write(args.out / f"{table_name}.md", table)
+        atomic_write_text(args.out / f"{table_name}.json", json.dumps(rows, indent=2) + "\n")
+        atomic_write_text(args.out / f"{table_name}.md", table)
         print(table)
     return rows
 
