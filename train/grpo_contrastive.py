@@ -29,10 +29,8 @@ import logging
 import sys
 from pathlib import Path
 
-if __package__ in (
-    None,
-    "",
-):  # run as a script (`accelerate launch train/grpo_contrastive.py`): make `train` importable
+# Run as a script (`accelerate launch train/grpo_contrastive.py`): make `train` importable.
+if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 logger = logging.getLogger(__name__)

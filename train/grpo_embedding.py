@@ -48,9 +48,8 @@ class GenerationRecorder:
         if getattr(output, "raw_signals", None) is not None and self.signals is None:  # the prefill
             self.signals = output.raw_signals
             input_ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
-            self.prompt_mask = (
-                torch.ones_like(input_ids) if mask is None else mask
-            )  # generate() drops an all-ones mask
+            # generate() drops an all-ones mask
+            self.prompt_mask = torch.ones_like(input_ids) if mask is None else mask
             self.prompt_width = input_ids.shape[1]
 
     def _backbone_hook(self, module, args, kwargs, output):
