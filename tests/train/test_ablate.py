@@ -24,3 +24,15 @@ def test_each_ablation_differs_from_the_full_model_in_one_switch():
             variant.stage2_flags != full.stage2_flags,
         ]
         assert sum(changes) == 1 and variant.seed == full.seed, name
+
+
+def test_log_summary_reads_trainer_log_lines_and_averages_quarters():
+    from train.log_summary import logged_steps, summarise
+
+    text = " 1%|#| {'loss': '4.0', 'sft/loss': '8.0'}\r 2%| {'loss': '3.0'} {'loss': '2.0'} {'loss': '1.0'}"
+    text += " {'train_runtime': '12.5', 'train_loss': '2.5'}"
+    steps = logged_steps(text)
+    assert [step["loss"] for step in steps] == [4.0, 3.0, 2.0, 1.0]
+    (loss, sft) = summarise(steps, ["loss", "sft/loss", "absent"])
+    assert (loss["first"], loss["last"], loss["first_quarter_mean"], loss["last_quarter_mean"]) == (4.0, 1.0, 4.0, 1.0)
+    assert sft["logs"] == 1
