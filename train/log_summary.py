@@ -71,6 +71,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--keys", nargs="+", default=DEFAULT_KEYS, help="metrics to summarise (those in the log)")
     args = parser.parse_args(argv)
+    if not args.log.is_file():
+        raise SystemExit(
+            f"{args.log}: no such file (train.ablate writes <out>/<variant>/logs/stage1.log, stage2.log)."
+        )
     steps = logged_steps(args.log.read_text(errors="replace"))
     if not steps:
         raise SystemExit(f"{args.log}: no logged training steps found (expected lines like {{'loss': ...}}).")
