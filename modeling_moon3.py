@@ -9,7 +9,8 @@ of one row, N selected positions across the batch, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -659,7 +660,7 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def encode(
         self,
-        items: Sequence[Any],
+        items: Any,
         processor,
         kind: str = "document",
         mode: str = "direct",
@@ -670,34 +671,39 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
     ):
         """Embed products (`kind="document"`) or queries (`kind="query"`) in batches.
 
+        Inputs follow `Moon3Processor.as_item`, the rule `SentenceTransformer.encode` uses too: a string is text
+        unless it ends with an image extension and names an existing file (then it is an image); PIL images,
+        `Path`s and bytes are images; `{"text", "image"}` dicts are queries; product records are documents. With
+        `kind="document"` a string or `{"text", "image"}` dict becomes a product (text as title); with
+        `kind="query"` a product record is refused.
+
         Args:
-            items: product records `{"title", "attributes", "images", "description"}`, or queries (strings, PIL
-                images, `{"text", "image"}` dicts).
+            items: a list of inputs, or a single input (a string, dict, image), which is one item.
             processor: the checkpoint's [`Moon3Processor`].
+            kind: `"document"` or `"query"`; anything else raises.
             mode: `"direct"` (one forward pass) or `"reason"` (generate the reasoning first).
+            batch_size: items per forward pass (a positive int).
             truncate_dim: keep the first `truncate_dim` dimensions (a Matryoshka size) and re-normalise.
             return_reasoning: also return the generated reasoning strings (reason mode).
 
         Returns:
-            Tensor[N, E] of unit vectors (float32, on the CPU), or `(embeddings, reasoning)` with
-            `return_reasoning=True`.
+            Tensor[N, E] of unit vectors (float32, on the CPU), Tensor[E] for a single input, or
+            `(embeddings, reasoning)` with `return_reasoning=True`. Errors name the item by its index in `items`.
         """
         from tqdm.auto import tqdm
 
-        if truncate_dim is not None and not 1 <= truncate_dim <= self.config.embedding_dim:
-            raise ValueError(
-                f"truncate_dim must be in [1, {self.config.embedding_dim}], got {truncate_dim}; trained sizes are "
-                f"{self.config.matryoshka_dims}."
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        items = list(items)
+        singular, items = _encode_items(items)
+        self._check_encode_args(kind, mode, batch_size, truncate_dim)
+        field = "products" if kind == "document" else "queries"
+        items = [processor.as_item(item, kind, field=f"{field}[{index}]")[1] for index, item in enumerate(items)]
         embeddings, reasoning = [], []
         for start in tqdm(range(0, len(items), batch_size), desc=f"Encoding {kind}s", disable=not show_progress_bar):
-            batch = processor(
-                **{"products" if kind == "document" else "queries": items[start : start + batch_size]}, mode=mode
+            texts, images = processor.render(
+                items[start : start + batch_size], kind=kind, mode=mode, start_index=start
             )
-            batch = batch.to(self.device)
+            batch = processor(
+                text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+            ).to(self.device)
             if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
             if mode == "reason":
@@ -709,10 +715,42 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         if not embeddings:
             out = torch.zeros(0, truncate_dim or self.config.embedding_dim)
         else:
-            out = torch.cat(embeddings).float().cpu()
+            out = torch.cat(embeddings).float().cpu()  # (N, E)
             if truncate_dim is not None:
-                out = F.normalize(out[:, :truncate_dim], dim=-1)
+                out = F.normalize(out[:, :truncate_dim], dim=-1)  # (N, truncate_dim)
+        if singular:
+            out, reasoning = out[0], (reasoning[0] if reasoning else reasoning)
         return (out, reasoning) if return_reasoning else out
+
+    def _check_encode_args(self, kind: Any, mode: Any, batch_size: Any, truncate_dim: Any) -> None:
+        if not isinstance(kind, str) or kind not in ("document", "query"):
+            raise ValueError(f"kind must be 'document' or 'query', got {kind!r}.")
+        if not isinstance(mode, str) or mode not in ("direct", "reason"):
+            raise ValueError(f"mode must be 'direct' or 'reason', got {mode!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise TypeError(f"batch_size must be a positive int, got {batch_size!r}.")
+        if truncate_dim is None:
+            return
+        if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int):
+            raise TypeError(f"truncate_dim must be an int or None, got {truncate_dim!r}.")
+        if not 1 <= truncate_dim <= self.config.embedding_dim:
+            raise ValueError(
+                f"truncate_dim must be in [1, {self.config.embedding_dim}], got {truncate_dim}; trained sizes are "
+                f"{self.config.matryoshka_dims}."
+            )
+
+
+def _encode_items(items: Any) -> tuple[bool, list]:
+    """(whether `items` is a single input, the inputs as a list); a string or dict is one item, as in ST."""
+    if items is None:
+        raise TypeError("items is None. Pass a list of products or queries, or a single one.")
+    if isinstance(items, (str, bytes, bytearray, Mapping)) or not isinstance(items, Iterable) or _is_image(items):
+        return True, [items]
+    return False, list(items)
+
+
+def _is_image(value: Any) -> bool:
+    return type(value).__module__.startswith("PIL.") or isinstance(value, os.PathLike)
 
 
 __all__ = ["Moon3Model", "Moon3PreTrainedModel", "Moon3EmbeddingOutput", "Moon3RawSignals"]

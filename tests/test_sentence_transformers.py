@@ -331,7 +331,7 @@ def test_empty_list_returns_an_empty_array(st_tiny):
     "bad_input, error, match",
     [
         ({"text": "shirt", "colour": "red"}, ValueError, "unknown keys \\['colour'\\]"),
-        (None, ValueError, "cannot encode None"),
+        (None, ValueError, "cannot encode the input None: input is None"),
         ({"text": None}, ValueError, "text is None"),
         ({}, ValueError, "empty dict"),
         (3, TypeError, "type int"),
