@@ -43,7 +43,7 @@ class RetrievalTask(Task):
         if query.get("product_id") is not None:
             return product_view(self.data.products[self.data.index[query["product_id"]]], view, self.data.root)
         image = self.data.resolve(query["image"]) if query.get("image") else None
-        return {"text": query.get("text"), "image": image}
+        return {"id": query["id"], "text": query.get("text"), "image": image}
 
     def evaluate(self, model):
         if isinstance(model, Scorer):
