@@ -168,7 +168,7 @@ class Moon3Processor(ProcessorMixin):
         return super().__call__(images=images, text=text, **kwargs)
 
     def render(
-        self, items: Sequence[Any], kind: str = "document", mode: str = "direct", start_index: int = 0
+        self, items: Sequence[Any], kind: str = "document", mode: str = "direct", start_index: int | None = 0
     ) -> tuple[list[str], list]:
         """Build the prompt text of each item and the flat list of its loaded images.
 
@@ -176,7 +176,8 @@ class Moon3Processor(ProcessorMixin):
             items: products (`kind="document"`) or queries (`kind="query"`).
             kind: `"document"` for products, `"query"` for shopper queries.
             mode: `"direct"` ends the prompt with `<think></think><emb>`; `"reason"` ends it with `<think>`.
-            start_index: index of `items[0]` in the caller's whole input, so errors name the global item.
+            start_index: index of `items[0]` in the caller's whole input, so errors name the global item; None
+                when the caller cannot know it (sentence-transformers reorders inputs): errors then name the id.
 
         Returns:
             (texts, images): one prompt string per item, and the images of all items in order.
@@ -190,7 +191,8 @@ class Moon3Processor(ProcessorMixin):
             )
         texts, images = [], []
         for offset, item in enumerate(items):
-            messages, item_images = self.build_messages(item, kind=kind, index=start_index + offset)
+            index = None if start_index is None else start_index + offset
+            messages, item_images = self.build_messages(item, kind=kind, index=index)
             texts.append(
                 self.apply_chat_template(
                     messages, tokenize=False, add_generation_prompt=True, direct_embedding=(mode == "direct")
@@ -538,8 +540,10 @@ def _check_unicode(text: str, field: str) -> None:
 
 def _item_field(kind: str, index: int | None, item: Any) -> str:
     """How errors and warnings name an item: `products[3]`, with its id when it has one."""
-    name = "products" if kind == "document" else "queries"
-    field = name[:-1] if index is None else f"{name}[{index}]"
+    if index is None:
+        field = "product" if kind == "document" else "query"
+    else:
+        field = f"{'products' if kind == 'document' else 'queries'}[{index}]"
     if isinstance(item, Mapping) and isinstance(item.get("id"), (str, int)) and not isinstance(item["id"], bool):
         field += f" (id {item['id']!r})"
     return field

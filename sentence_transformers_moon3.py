@@ -162,7 +162,7 @@ class Moon3SentenceTransformer(InputModule):
             try:
                 item_kind, item = self.processor.as_item(item, kind)
                 processor = self._processor_for(item_kind, prompt)
-                item_texts, item_images = processor.render([item], kind=item_kind, mode=mode)
+                item_texts, item_images = processor.render([item], kind=item_kind, mode=mode, start_index=None)
             except (ValueError, TypeError) as error:
                 raise type(error)(f"MOON3 cannot encode the input {_describe(item)}: {error}") from error
             texts.extend(item_texts)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -374,11 +375,12 @@ def _folder_fingerprint(folder: Path) -> dict:
     return fingerprint
 
 
-def _hub_commit(repo_id: str, revision: str | None) -> str | None:
+def _hub_commit(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The commit `revision` of Hub repo `repo_id` resolves to in the local Hub cache, or None."""
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot = snapshot_download(repo_id, revision=revision, local_files_only=True)
+        snapshot = snapshot_download(repo_id, revision=revision, local_files_only=True, cache_dir=cache_dir)
     except Exception as error:  # not a Hub id, not cached, or an unknown revision: no safe key
         logger.debug("no Hub snapshot for %s@%s: %s", repo_id, revision, error)
         return None
