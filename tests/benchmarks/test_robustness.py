@@ -199,7 +199,20 @@ def test_results_json_is_strict_json_with_umask_permissions(tiny_fashion, tmp_pa
     old = os.umask(0o022)
     try:
         out = tmp_path / "out"
-        main(["--model", "random", "--data", str(tiny_fashion), "--out", str(out), "--no-cache", "--no-progress"])
+        main(
+            [
+                "--model",
+                "random",
+                "--data",
+                str(tiny_fashion),
+                "--tasks",
+                "text2image",
+                "--out",
+                str(out),
+                "--no-cache",
+                "--no-progress",
+            ]
+        )
     finally:
         os.umask(old)
     text = (out / "results.json").read_text()
