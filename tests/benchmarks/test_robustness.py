@@ -220,3 +220,13 @@ def test_results_json_is_strict_json_with_umask_permissions(tiny_fashion, tmp_pa
     assert json.loads(text)["model"]["mode"] == "direct"
     for name in ("results.json", "results.md"):
         assert (out / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_measure_memory_has_help_and_refuses_an_empty_folder(tmp_path, capsys):
+    from benchmarks import measure_memory
+
+    with pytest.raises(SystemExit) as exit_info:
+        measure_memory.main(["--help"])
+    assert exit_info.value.code == 0 and "peak" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="holds no"):
+        measure_memory.main(["--images", str(tmp_path), "--num-images", "3"])
