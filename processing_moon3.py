@@ -348,9 +348,10 @@ class Moon3Processor(ProcessorMixin):
 
     def special_token_strings(self) -> list[str]:
         """Every string the tokenizer reads as one added token (special or not), longest first."""
-        if self.tokenizer is None:
+        tokenizer = getattr(self, "tokenizer", None)  # train.build_tokenizer formats text before a tokenizer exists
+        if tokenizer is None:
             return sorted(DEFAULT_ADDED_TOKENS, key=len, reverse=True)
-        tokens = set(self.tokenizer.get_added_vocab()) | set(self.tokenizer.all_special_tokens)
+        tokens = set(tokenizer.get_added_vocab()) | set(tokenizer.all_special_tokens)
         return sorted((token for token in tokens if token), key=len, reverse=True)
 
     def user_text(self, value: Any, field: str) -> str:
