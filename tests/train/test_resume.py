@@ -193,3 +193,18 @@ def test_killing_the_launcher_stops_training(tmp_path, config):
                 os.kill(pid, signal.SIGKILL)
         if launcher.poll() is None:
             launcher.kill()
+
+
+@pytest.mark.slow
+def test_stage1_resumed_in_a_later_epoch_equals_the_uninterrupted_run(tiny_tokenizer, tmp_path):
+    rows = synthetic_rows(4)
+    settings = dict(max_steps=4, save_strategy="steps", save_steps=3, per_device_train_batch_size=2)
+    model, processor = build_tiny(tiny_tokenizer)
+    stage1_trainer(model, processor, rows, tmp_path / "full", **settings).train()
+    full = weights(model)
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = stage1_trainer(model, processor, rows, tmp_path / "resumed", **settings)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    assert trainer.state.global_step == 4 and trainer.state.epoch == 2
+    for name, value in weights(model).items():
+        assert torch.equal(full[name], value), name
