@@ -753,7 +753,7 @@ def synthetic_rows(num_rows: int = 64, seed: int = 0) -> list[dict]:
 # --------------------------------------------------------------------------- CLI
 
 
-def _count(minimum: int):
+def at_least(minimum: int):
     """An argparse type: an integer >= `minimum`, with an error naming the bound."""
 
     def parse(text: str) -> int:
@@ -782,16 +782,16 @@ def make_parser() -> argparse.ArgumentParser:
         choices=["title", "image", "attribute"],
         help="query kinds to build",
     )
-    fashion.add_argument("--max-per-attribute-query", type=_count(1), default=3, help="products per attribute query")
-    fashion.add_argument("--hard-negatives", type=_count(0), default=0, help="hard negatives per row (0 = none)")
-    fashion.add_argument("--limit", type=_count(0), default=0, help="use only the first N products (0 = all)")
+    fashion.add_argument("--max-per-attribute-query", type=at_least(1), default=3, help="products per attribute query")
+    fashion.add_argument("--hard-negatives", type=at_least(0), default=0, help="hard negatives per row (0 = none)")
+    fashion.add_argument("--limit", type=at_least(0), default=0, help="use only the first N products (0 = all)")
     fashion.add_argument("--seed", type=int, default=0, help="seed for sampling negatives and attribute positives")
     fashion.add_argument("--out", type=Path, required=True, help="output .jsonl")
     abt = commands.add_parser("build-abt-buy", help="same-product pairs from Abt-Buy's train split")
     abt.add_argument("--data", type=Path, required=True, help="the abt-buy folder")
     abt.add_argument("--out", type=Path, required=True, help="output .jsonl")
     synthetic = commands.add_parser("synthetic", help="a tiny synthetic catalogue (no files needed)")
-    synthetic.add_argument("--num-rows", type=_count(1), default=64, help="number of rows (>= 1)")
+    synthetic.add_argument("--num-rows", type=at_least(1), default=64, help="number of rows (>= 1)")
     synthetic.add_argument("--seed", type=int, default=0, help="shuffle seed")
     synthetic.add_argument("--out", type=Path, required=True, help="output .jsonl")
     validate = commands.add_parser(

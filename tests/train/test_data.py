@@ -335,3 +335,20 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(RuntimeError):
         write_jsonl(rows(), tmp_path / "rows.jsonl")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("build_checkpoint", ["--random", "--hidden-size", "0"], "--hidden-size: must be >= 1, got 0"),
+        ("build_checkpoint", ["--random", "--vocab-size", "-5"], "--vocab-size: must be >= 1, got -5"),
+        ("build_tokenizer", ["--data", ".", "--vocab-size", "0"], "--vocab-size: must be >= 1, got 0"),
+    ],
+)
+def test_checkpoint_and_tokenizer_builders_refuse_bad_sizes(tmp_path, capsys, module, argv, message):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"train.{module}").main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
