@@ -51,10 +51,13 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 
 
 def resolve_resume_checkpoint(resume_from_checkpoint, output_dir: str) -> str | None:
-    """`resume_from_checkpoint` as `Trainer.train` takes it (None/False, True = the last one, or a path) -> a complete
+    """`resume_from_checkpoint` as `Trainer.train` takes it (None/False, True or "last" = the last one, or a path) -> a complete
     checkpoint folder or None. Raises `ValueError` for a folder whose save did not finish, or when True finds none."""
     if resume_from_checkpoint in (None, False):
         return None
+    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint.lower() in ("true", "last"):
+        if not Path(resume_from_checkpoint).exists():  # `--resume_from_checkpoint last` on the command line
+            resume_from_checkpoint = True
     if resume_from_checkpoint is True:
         found = last_complete_checkpoint(output_dir)
         if found is None:

@@ -139,6 +139,7 @@ def test_a_folder_whose_save_did_not_finish_is_never_resumed_from(tmp_path):
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     (tmp_path / "checkpoint-2" / COMPLETE_MARKER).write_text("{}")  # checkpoint-4 was cut short (killed mid-save)
     assert resolve_resume_checkpoint(True, str(tmp_path)) == str(tmp_path / "checkpoint-2")
+    assert resolve_resume_checkpoint("last", str(tmp_path)) == str(tmp_path / "checkpoint-2")  # the CLI's spelling
     with pytest.raises(ValueError, match=r"checkpoint-4' is incomplete .* Resume from .*checkpoint-2"):
         resolve_resume_checkpoint(str(tmp_path / "checkpoint-4"), str(tmp_path))
     with pytest.raises(ValueError, match="holds no complete checkpoint"):
