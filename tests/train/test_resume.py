@@ -103,6 +103,7 @@ class FileSizeLimitFrom:
             resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 
 
+@pytest.mark.slow
 def test_a_failed_save_leaves_no_folder_that_resume_picks(tiny_tokenizer, tmp_path):
     rows = synthetic_rows(4)
     settings = dict(max_steps=2, save_strategy="steps", save_steps=1)
