@@ -101,7 +101,8 @@ class RowReject:
     raw: Any
 
     def as_json(self) -> dict:
-        return {"file": self.file, "row": self.row, "line": self.line, "error": self.error, "raw": self.raw}
+        raw = json.loads(json.dumps(self.raw, ensure_ascii=False, default=repr))  # e.g. bytes from a Parquet file
+        return {"file": self.file, "row": self.row, "line": self.line, "error": self.error, "raw": raw}
 
 
 def load_pairs(
@@ -170,7 +171,7 @@ def check_records(records, processor, skip_bad_rows: bool = False, progress: boo
             if not skip_bad_rows:
                 raise
             file, row, line = _parse_where(record.where)
-            rejects.append(RowReject(file, row, line, str(failure), record.row))
+            rejects.append(RowReject(file, row, line, str(failure), clean_item(record.row)))
             continue
         good.append(record)
     return good, rejects
