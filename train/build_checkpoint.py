@@ -245,32 +245,41 @@ def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from train.data import at_least
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--backbone", help="Hub id or local folder of a Qwen3-VL / Qwen2.5-VL checkpoint")
     source.add_argument("--random", action="store_true", help="random-initialised small model (see the size flags)")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (created if missing)")
     parser.add_argument("--dtype", default="auto", help="backbone dtype when loading: auto, bfloat16, float32")
-    parser.add_argument("--embedding-dim", type=int, default=None, help="output embedding size E (default: config's)")
-    parser.add_argument("--matryoshka-dims", type=int, nargs="+", default=None, help="trained prefix sizes")
+    parser.add_argument(
+        "--embedding-dim", type=at_least(1), default=None, help="output embedding size E (default: config's)"
+    )
+    parser.add_argument("--matryoshka-dims", type=at_least(1), nargs="+", default=None, help="trained prefix sizes")
     parser.add_argument("--no-fusion", action="store_true", help="build without the modality fusion module")
     parser.add_argument("--no-fire", action="store_true", help="build without FIRE")
     parser.add_argument(
-        "--max-reasoning-tokens", type=int, default=None, help="reason-mode budget in tokens (default: config's)"
+        "--max-reasoning-tokens",
+        type=at_least(0),
+        default=None,
+        help="reason-mode budget in tokens (default: config's)",
     )
     group = parser.add_argument_group("random model")
     group.add_argument("--family", default="qwen3_vl", choices=sorted(FAMILY_IMAGE_SETTINGS), help="backbone family")
     group.add_argument("--tokenizer", type=Path, default=None, help="folder of a MOON3 tokenizer to use")
     group.add_argument("--tokenizer-data", type=Path, default=None, help="catalogue folder to train a tokenizer on")
-    group.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size when training a tokenizer")
-    group.add_argument("--hidden-size", type=int, default=256, help="language-model hidden size D")
-    group.add_argument("--num-layers", type=int, default=4, help="decoder layers")
-    group.add_argument("--num-heads", type=int, default=4, help="attention heads of the language model")
-    group.add_argument("--vision-hidden-size", type=int, default=128, help="vision tower hidden size")
-    group.add_argument("--vision-depth", type=int, default=2, help="vision tower blocks")
+    group.add_argument(
+        "--vocab-size", type=at_least(1), default=8000, help="vocabulary size when training a tokenizer"
+    )
+    group.add_argument("--hidden-size", type=at_least(1), default=256, help="language-model hidden size D")
+    group.add_argument("--num-layers", type=at_least(1), default=4, help="decoder layers")
+    group.add_argument("--num-heads", type=at_least(1), default=4, help="attention heads of the language model")
+    group.add_argument("--vision-hidden-size", type=at_least(1), default=128, help="vision tower hidden size")
+    group.add_argument("--vision-depth", type=at_least(1), default=2, help="vision tower blocks")
     group.add_argument(
         "--max-pixels",
-        type=int,
+        type=at_least(1),
         default=224 * 224,
         help="largest image area after resizing (pixels); 128*128 gives 16 visual tokens per image, 224*224 gives 49",
     )

@@ -99,9 +99,13 @@ def catalogue_texts(data_dir: Path, split: str = "train") -> list[str]:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from train.data import at_least
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="fashion catalogue folder (has products.csv)")
-    parser.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size, special tokens included")
+    parser.add_argument(
+        "--vocab-size", type=at_least(1), default=8000, help="BPE vocabulary size, special tokens included"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder to save the tokenizer to")
     return parser
 

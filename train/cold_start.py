@@ -32,14 +32,33 @@ def make_parser():
 
 
 def load_rows(script_args):
-    """The training rows as a `datasets.Dataset` (validated files, or the synthetic catalogue)."""
-    from datasets import Dataset
-
-    from train.data import load_pairs, synthetic_rows
+    """(records, rejects): the training rows as `RowRecord`s, files validated row by row (schema, keys, types), or the
+    synthetic catalogue. Bad rows stop here naming file, row and field, unless `--skip_bad_rows` (see `check_rows`)."""
+    from train.data import RowRecord, read_records, report_rejects, synthetic_rows, validate_row
 
     if script_args.synthetic_rows > 0:
-        return Dataset.from_list(synthetic_rows(script_args.synthetic_rows, seed=0))
-    return load_pairs([path.strip() for path in script_args.dataset_name.split(",")])
+        rows = synthetic_rows(script_args.synthetic_rows, seed=0)
+        return [RowRecord(f"synthetic row {i}", validate_row(row, i, "synthetic")) for i, row in enumerate(rows)], []
+    paths = [path.strip() for path in script_args.dataset_name.split(",") if path.strip()]
+    records, rejects = read_records(paths, skip_bad_rows=script_args.skip_bad_rows)
+    if not records:
+        report_rejects(rejects, None, 0)  # raises: nothing left to train on
+    return records, rejects
+
+
+def check_rows(records, processor, script_args, output_dir: str, rejects=()):
+    """Before the first step: build every row with the model's processor as training will (images opened, keys and
+    types checked). Returns the `datasets.Dataset` to train on; writes `<output_dir>/rejected_rows.jsonl` when rows
+    were skipped."""
+    import os
+
+    from train.data import check_records, records_to_dataset, report_rejects
+
+    records, more = check_records(records, processor, skip_bad_rows=script_args.skip_bad_rows)
+    rejects = list(rejects) + more
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    report_rejects(rejects, Path(output_dir) / "rejected_rows.jsonl" if is_main else None, len(records))
+    return records_to_dataset(records)
 
 
 def training_texts(dataset, limit: int = 2000) -> list[str]:
@@ -96,12 +115,16 @@ def save_loadable(trainer, processor, output_dir: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from train.checkpointing import die_with_parent
+
+    die_with_parent()  # `kill -9` of `accelerate launch` stops this process too
     from train.contrastive_trainer import Moon3ContrastiveTrainer
-    from train.data import Moon3PairCollator
+    from train.data import Moon3PairCollator, records_to_dataset
     from train.losses import Moon3InfoNCELoss
 
-    dataset = load_rows(script_args)
-    model, processor = build_model(script_args, model_args, dataset)
+    records, rejects = load_rows(script_args)
+    model, processor = build_model(script_args, model_args, records_to_dataset(records))
+    dataset = check_rows(records, processor, script_args, training_args.output_dir, rejects)
     loss_fn = Moon3InfoNCELoss(
         temperature=training_args.contrastive_temperature,
         matryoshka_dims=training_args.matryoshka_dims or model.config.matryoshka_dims,

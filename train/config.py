@@ -48,6 +48,13 @@ class Moon3ScriptArguments(ScriptArguments):
         default="qwen3_vl",
         metadata={"help": "Backbone family of --random_model.", "choices": ["qwen3_vl", "qwen2_5_vl"]},
     )
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave out training rows that fail validation (schema, keys, types, images) instead of stopping; "
+            "they are counted and listed in <output_dir>/rejected_rows.jsonl."
+        },
+    )
     freeze_vision_tower: bool = field(
         default=False,
         metadata={

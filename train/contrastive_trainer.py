@@ -22,6 +22,7 @@ import torch
 from transformers import Trainer
 from transformers.loss.loss_utils import ForCausalLMLoss
 
+from train.checkpointing import CheckpointMixin
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def split_embeddings(embeddings: torch.Tensor, num_queries: int, doc_keys: torch
     return embeddings[:num_queries], embeddings[num_queries : num_queries + len(doc_keys)]
 
 
-class Moon3ContrastiveTrainer(Trainer):
+class Moon3ContrastiveTrainer(CheckpointMixin, Trainer):
     """Trainer for stage 1: `loss = InfoNCE(queries, products) + sft_weight * SFT(reasoning targets)`.
 
     Args:

@@ -47,12 +47,16 @@ def make_parser():
 def main(argv: list[str] | None = None):
     script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from train.cold_start import build_model, load_rows, save_loadable
-    from train.data import to_grpo_dataset
+    from train.checkpointing import die_with_parent
+
+    die_with_parent()  # `kill -9` of `accelerate launch` stops this process too
+    from train.cold_start import build_model, check_rows, load_rows, save_loadable
+    from train.data import records_to_dataset, to_grpo_dataset
     from train.trainer import Moon3GRPOTrainer
 
-    rows = load_rows(script_args)
-    model, processor = build_model(script_args, model_args, rows)
+    records, rejects = load_rows(script_args)  # schema checks; then every row built with the processor before step 1
+    model, processor = build_model(script_args, model_args, records_to_dataset(records))
+    rows = check_rows(records, processor, script_args, training_args.output_dir, rejects)
     dataset = to_grpo_dataset(rows, processor)
     trainer = Moon3GRPOTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)

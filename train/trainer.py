@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import types
 from dataclasses import dataclass
 
@@ -28,14 +29,17 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import ModelOutput
 from trl import GRPOTrainer
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from trl.trainer.utils import RepeatSampler, entropy_from_logits, selective_log_softmax
 
+from train.checkpointing import CheckpointMixin, EpochSeededRepeatSampler
 from train.contrastive_trainer import check_finite
 from train.data import clean_item, product_key
 from train.distributed import gather_no_grad
 from train.grpo_embedding import GenerationRecorder, completion_embeddings, forward_embeddings
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 from train.rewards import moon3_reward_funcs, reasoning_lengths
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,7 +91,7 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
     model.forward = types.MethodType(forward, model)
 
 
-class Moon3GRPOTrainer(GRPOTrainer):
+class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
     """GRPO with MOON3's rewards and a contrastive term on the completions' embeddings.
 
     Args:
@@ -145,6 +149,38 @@ class Moon3GRPOTrainer(GRPOTrainer):
         install_fused_policy_head(self.accelerator.unwrap_model(self.model), temperature=self.temperature)
         self._pending_candidates: dict[str, torch.Tensor] = {}
         self._completion_embeddings: torch.Tensor | None = None
+
+    # ----- checkpoints and resuming (train/checkpointing.py)
+
+    def _get_train_sampler(self, dataset=None):
+        """TRL's sampler, with each epoch's prompt order drawn from (seed, epoch): a resume in a later epoch sees the
+        uninterrupted run's order (TRL's own generator would restart at epoch 0's)."""
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is not RepeatSampler:  # a TRL release that changed the sampler: keep its own
+            return sampler
+        return EpochSeededRepeatSampler(
+            data_source=sampler.data_source,
+            mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size,
+            repeat_count=sampler.repeat_count,
+            shuffle=sampler.shuffle,
+            seed=sampler.seed,
+        )
+
+    def _extra_checkpoint_state(self) -> dict:
+        return {"grpo_micro_step": self._step}  # TRL's counter of when to generate again (not in trainer_state)
+
+    def _restore_extra_checkpoint_state(self, state: dict) -> None:
+        self._step = int(state.get("grpo_micro_step", self._step))
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self._step % generate_every:
+            logger.warning(
+                "resuming inside a generation block (micro-step %d of every %d): its buffered completions were not "
+                "saved, so they are generated again and the run departs from the uninterrupted one. Save at "
+                "multiples of steps_per_generation * num_iterations / gradient_accumulation_steps for exact resumes.",
+                self._step,
+                generate_every,
+            )
 
     # ----- loss
 

@@ -82,8 +82,7 @@ def test_killed_run_resumes_to_the_same_final_step(tmp_path):
     import signal
     import time
 
-    from transformers.trainer_utils import get_last_checkpoint
-
+    from train.checkpointing import COMPLETE_MARKER, last_complete_checkpoint
     from train.moon3_code import Moon3Model
 
     recipe = ["--output_dir", str(tmp_path), "--max_steps", "8", "--save_steps", "4"]
@@ -103,7 +102,7 @@ def test_killed_run_resumes_to_the_same_final_step(tmp_path):
     )
     deadline = time.monotonic() + 240
     try:
-        while not (tmp_path / "checkpoint-4" / "trainer_state.json").is_file():
+        while not (tmp_path / "checkpoint-4" / COMPLETE_MARKER).is_file():  # its save finished
             assert run.poll() is None, "the run ended before it wrote checkpoint-4"
             assert time.monotonic() < deadline, "no checkpoint-4 within 240 s"
             time.sleep(0.2)
@@ -112,7 +111,7 @@ def test_killed_run_resumes_to_the_same_final_step(tmp_path):
         run.wait()
     assert not (tmp_path / "checkpoint-8" / "trainer_state.json").is_file(), "killed too late to test resuming"
 
-    last = get_last_checkpoint(str(tmp_path))
+    last = last_complete_checkpoint(tmp_path)  # a checkpoint-8 cut short by the kill is never taken
     assert last is not None and int(last.rsplit("-", 1)[1]) >= 4
     launch(
         "cpu_1proc.yaml",
