@@ -42,6 +42,7 @@ class CatalogSearch:
     def __init__(self, db, model: str | None = None, embedder=None, nprobes: int = 20, refine_factor: int = 10):
         from .store import db_dir, open_table
 
+        self.db = Path(db)
         self.table = open_table(db)
         manifest = self._manifest(db_dir(db))
         self.model_path = model or manifest.get("model")
@@ -171,10 +172,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.query is None and args.image is None:
-        raise SystemExit("error: give --query TEXT, --image PATH, or both.")
+        parser.error("give --query TEXT, --image PATH, or both.")
+    if (args.hybrid or args.bm25) and not args.query:
+        parser.error("--hybrid and --bm25 need --query (a photo alone has no words to match).")
     searcher = CatalogSearch(args.db, model=args.model)
     hits = searcher.search(
         text=args.query,
