@@ -7,9 +7,10 @@ Part 1 embeds the first `--products` products of `--input` with catalog.embed (d
 engine and on Ray Data with 1 and 2 workers (one CPU each; the local Ray instance is started before the clock, actor
 start-up and model loading are inside it) and reports products/s. Part 2 writes `--sizes` synthetic unit vectors
 (`--dim`, drawn around `--clusters` random centres so that neighbourhoods exist, as in real embeddings) into a
-LanceDB table, builds the IVF_PQ index catalog.store uses (sqrt(N) partitions, dim/8 sub-vectors), and times
-`--queries` single-query searches (k=10) with the index (nprobes 20, refine 10) and without it (exact flat scan);
-recall@10 is the overlap of the index's top 10 with the exact top 10 (benchmarks.retrieval.chunked_topk). Times are
+LanceDB table and times `--queries` single-query searches (k=10) without an index (exact scan), then builds each of
+`--index-types` as catalog.store does (IVF_HNSW_SQ: one graph per 100k rows; IVF_PQ: sqrt(N) partitions, dim/8
+sub-vectors) and times the same searches through it (nprobes 20, refine 10); recall@10 is the overlap of its top 10
+with the exact top 10 (benchmarks.retrieval.chunked_topk). Times are
 wall clock on whatever else the machine is running: compare rows of one run, not runs.
 """
 
@@ -43,6 +44,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--dim", type=int, default=256, help="vector dimension (moon3-mini: 256)")
     parser.add_argument("--clusters", type=int, default=1000, help="centres the synthetic vectors are drawn around")
+    parser.add_argument(
+        "--index-types",
+        nargs="+",
+        default=["IVF_HNSW_SQ", "IVF_PQ"],
+        help="approximate index types to measure (catalog.store.INDEX_TYPES)",
+    )
     parser.add_argument("--queries", type=int, default=200, help="timed queries per size")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp folder, deleted)")
@@ -101,43 +108,51 @@ def percentile_ms(seconds: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(seconds) * 1000, q))
 
 
-def index_size(args, n: int, work: Path, rng) -> dict:
-    """Index build time, p50/p95 latency with and without the index, recall@10 of the index, for n vectors."""
+def time_queries(table, queries: np.ndarray, exact: np.ndarray, bypass_index: bool) -> dict[str, float]:
+    """p50/p95 latency (ms) of single-query top-10 searches and their recall@10 against `exact` (Q, 10)."""
+    latencies, recalls = [], []
+    for query, truth in zip(queries, exact):
+        builder = table.search(query, vector_column_name="vector").distance_type("cosine").limit(10)
+        builder = builder.bypass_vector_index() if bypass_index else builder.nprobes(20).refine_factor(10)
+        start = time.perf_counter()
+        hits = builder.select(["id"]).to_list()
+        latencies.append(time.perf_counter() - start)
+        recalls.append(len({int(h["id"][1:]) for h in hits} & set(truth.tolist())) / 10)
+    return {"p50_ms": percentile_ms(latencies, 50), "p95_ms": percentile_ms(latencies, 95),
+            "recall@10": float(np.mean(recalls))}  # fmt: skip
+
+
+def index_size(args, n: int, work: Path, rng) -> list[dict]:
+    """For n synthetic vectors: exact-scan latency, then per index type its build time, latency and recall@10."""
     import pyarrow as pa
 
     from benchmarks.retrieval import chunked_topk
-    from catalog.search import CatalogSearch
-    from catalog.store import write_table
+    from catalog.store import default_partitions, open_table, write_table
 
     vectors = synthetic_vectors(n, args.dim, args.clusters, rng)  # (N, E)
     queries = synthetic_vectors(args.queries, args.dim, args.clusters, rng)  # (Q, E)
-    ids = pa.array([f"v{i}" for i in range(n)], pa.string())
-    table = pa.table(
-        {"id": ids, "title": ids, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), args.dim)}
-    )
-    folder = work / f"db-{n}"
-    timings = write_table(folder, table, ann_min_rows=0, fts=False)
-    del table
     _, exact = chunked_topk(queries, vectors, k=10)  # (Q, 10)
+    ids = pa.array([f"v{i}" for i in range(n)], pa.string())
+    column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), args.dim)
     del vectors
-    searcher = CatalogSearch(folder, model="unused")
-    row = {"n": n, "dim": args.dim, "write_s": timings["write_s"], "index_build_s": timings["vector_index_s"]}
-    for label, bypass in (("ann", False), ("exact", True)):
-        latencies, recalls = [], []
-        for query, truth in zip(queries, exact):
-            builder = searcher.table.search(query, vector_column_name="vector").distance_type("cosine").limit(10)
-            builder = builder.bypass_vector_index() if bypass else builder.nprobes(20).refine_factor(10)
-            start = time.perf_counter()
-            hits = builder.select(["id"]).to_list()
-            latencies.append(time.perf_counter() - start)
-            found = {int(h["id"][1:]) for h in hits}
-            recalls.append(len(found & set(truth.tolist())) / 10)
-        row[f"{label}_p50_ms"] = percentile_ms(latencies, 50)
-        row[f"{label}_p95_ms"] = percentile_ms(latencies, 95)
-        row[f"{label}_recall@10"] = float(np.mean(recalls))
+    folder = work / f"db-{n}"
+    write_table(folder, pa.table({"id": ids, "title": ids, "vector": column}), ann_min_rows=n + 1, fts=False)
+    del ids, column
+    table = open_table(folder)
+    flat = time_queries(table, queries, exact, bypass_index=True)
+    rows = [{"n": n, "dim": args.dim, "index": "none (exact scan)", "build_s": 0.0, **flat}]
+    for index_type in args.index_types:
+        options = {"num_partitions": default_partitions(index_type, n)}
+        if index_type == "IVF_PQ":
+            options["num_sub_vectors"] = args.dim // 8
+        start = time.perf_counter()
+        table.create_index(metric="cosine", index_type=index_type, replace=True, **options)
+        build_s = time.perf_counter() - start
+        row = {"n": n, "dim": args.dim, "index": index_type, **options, "build_s": build_s}
+        rows.append({**row, **time_queries(table, queries, exact, bypass_index=False)})
+        logger.info("n=%d: %s", n, rows[-1])
     shutil.rmtree(folder, ignore_errors=True)
-    logger.info("n=%d: %s", n, row)
-    return row
+    return rows
 
 
 def print_tables(results: dict) -> None:
@@ -146,11 +161,11 @@ def print_tables(results: dict) -> None:
         for r in results["embedding"]:
             print(f"| {r['engine']} | {r['products']} | {r['seconds']:.1f} | {r['products_per_s']:.2f} |")
     if results["index"]:
-        print("\n| vectors | index build (s) | ANN p50 / p95 (ms) | exact p50 / p95 (ms) | ANN recall@10 |")
-        print("|---:|---:|---:|---:|---:|")
+        print("\n| vectors | index | build (s) | query p50 / p95 (ms) | recall@10 vs exact |")
+        print("|---:|---|---:|---:|---:|")
         for r in results["index"]:
-            print(f"| {r['n']:,} | {r['index_build_s']:.1f} | {r['ann_p50_ms']:.1f} / {r['ann_p95_ms']:.1f} | "
-                  f"{r['exact_p50_ms']:.1f} / {r['exact_p95_ms']:.1f} | {r['ann_recall@10']:.3f} |")  # fmt: skip
+            print(f"| {r['n']:,} | {r['index']} | {r['build_s']:.1f} | {r['p50_ms']:.1f} / {r['p95_ms']:.1f} | "
+                  f"{r['recall@10']:.3f} |")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -164,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.products:
             results["embedding"] = embedding_throughput(args, work)
         for n in args.sizes:
-            results["index"].append(index_size(args, n, work, rng))
+            results["index"].extend(index_size(args, n, work, rng))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

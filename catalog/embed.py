@@ -61,6 +61,12 @@ def make_parser() -> argparse.ArgumentParser:
         default=100_000,
         help="build an approximate (IVF) index from this many products; fewer = exact search",
     )
+    parser.add_argument(
+        "--index-type",
+        choices=("IVF_HNSW_SQ", "IVF_PQ", "IVF_SQ"),
+        default="IVF_HNSW_SQ",
+        help="approximate index built from --ann-min-rows products",
+    )
     parser.add_argument("--skip-index", action="store_true", help="write shards only, no LanceDB table")
     parser.add_argument("--overwrite", action="store_true", help="discard an existing job in --out and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -161,7 +167,7 @@ def embed_catalog(args) -> dict:
     if not args.skip_index:
         from .store import build_table
 
-        build_table(out, ann_min_rows=args.ann_min_rows)
+        build_table(out, ann_min_rows=args.ann_min_rows, index_type=args.index_type)
     return manifest
 
 

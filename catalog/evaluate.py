@@ -41,6 +41,14 @@ def make_parser() -> argparse.ArgumentParser:
         help="query sets whose gallery view is a product record (title_image / product_text)",
     )
     parser.add_argument("--candidates", type=int, default=100, help="hybrid: hits taken from each ranking")
+    parser.add_argument(
+        "--vector-weights",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="hybrid: RRF weights of the vector ranking to report (BM25's is 1); the first is "
+        "'hybrid', others 'hybrid w=...' (a sweep on the evaluated data, not a tuned setting)",
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="products / queries per forward pass")
     parser.add_argument("--cache-dir", default=None, help="benchmarks' embedding cache for the reference run")
     parser.add_argument("--no-reference", action="store_true", help="skip the benchmarks.run reference numbers")
@@ -112,15 +120,17 @@ def evaluate_catalog(args, data, query_set: str) -> dict[str, dict[str, float]]:
     searcher = CatalogSearch(work / "catalog")
     texts, photos, positives = query_inputs(data, query_set)
     vectors = query_vectors(searcher, texts, photos, args.batch_size)
-    ranks = {"vector": [], "bm25": [], "hybrid": []}
+    hybrid_names = ["hybrid"] + [f"hybrid w={w:g}" for w in args.vector_weights[1:]]
+    ranks = {name: [] for name in ["vector", "bm25", *hybrid_names]}
     for text, vector, pos in zip(texts, vectors, positives):
         vector_hits = searcher.vector_search(vector, k=max(K, args.candidates))
         ranks["vector"].append(ranks_from_hits([h["id"] for h in vector_hits[:K]], pos))
         if text:
             text_hits = searcher.text_search(text, k=max(K, args.candidates))
             ranks["bm25"].append(ranks_from_hits([h["id"] for h in text_hits[:K]], pos))
-            fused = searcher.fuse(vector_hits, text_hits, K)
-            ranks["hybrid"].append(ranks_from_hits([h["id"] for h in fused], pos))
+            for name, weight in zip(hybrid_names, args.vector_weights):
+                fused = searcher.fuse(vector_hits, text_hits, K, weights=(weight, 1.0))
+                ranks[name].append(ranks_from_hits([h["id"] for h in fused], pos))
     return {method: metrics(r) for method, r in ranks.items() if r}
 
 

@@ -116,10 +116,10 @@ def test_ann_index_is_built_from_the_threshold_and_finds_the_exact_neighbours(tm
     table = pa.table(
         {"id": ids, "title": ids, "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16)}
     )
-    timings = write_table(tmp_path, table, ann_min_rows=500, fts=False, num_partitions=4, num_sub_vectors=4)
+    timings = write_table(tmp_path, table, ann_min_rows=500, fts=False, num_partitions=2)
     assert timings["vector_index_s"] > 0
     lance_table = open_table(tmp_path)
-    assert [index.index_type for index in lance_table.list_indices()] == ["IvfPq"]
+    assert [index.index_type for index in lance_table.list_indices()] == ["IvfHnswSq"]  # the default type
     searcher = CatalogSearch(tmp_path, model="unused", nprobes=4, refine_factor=50)
     hits = searcher.vector_search(vectors[7], k=10)
     assert [h["id"] for h in hits] == [ids[i] for i in np.argsort(-(vectors @ vectors[7]), kind="stable")[:10]]
