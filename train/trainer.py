@@ -20,15 +20,18 @@ decode step over the generation's cache. With vLLM it is one no-gradient forward
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import types
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from accelerate.utils import is_peft_model
 from transformers.utils import ModelOutput
 from trl import GRPOTrainer
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from trl.kernels import ChunkedLogProbFunction
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.trainer.callbacks import SyncRefModelCallback
 
 from train.contrastive_trainer import check_finite
 from train.data import clean_item, product_key
@@ -36,6 +39,9 @@ from train.distributed import gather_no_grad
 from train.grpo_embedding import GenerationRecorder, completion_embeddings, forward_embeddings
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 from train.rewards import moon3_reward_funcs, reasoning_lengths
+
+# Vocabulary rows per tile of the log-probability kernel (TRL's own fused head uses the same size).
+LOGPROB_VOCAB_CHUNK = 32768
 
 
 @dataclass
@@ -54,7 +60,10 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
     embedding) in one forward.
 
     TRL's own fused head reads `model.base_model(...).last_hidden_state`, which would skip MOON3's FIRE, fusion and
-    `<emb>` readout; this replaces it. Without `fused_lm_head` the model's own forward runs (generation is unchanged).
+    `<emb>` readout; this one runs MOON3's forward (no logits), takes the final hidden states the backbone returned
+    in that same pass, and scores the labelled positions with TRL's tiled kernel (`trl.kernels.ChunkedLogProbFunction`):
+    the (completions x positions x vocabulary) logits are never materialised, in the forward or the backward.
+    Without `fused_lm_head` the model's own forward runs (generation is unchanged).
     """
 
     @functools.wraps(type(model).forward)  # generate() validates its kwargs against this signature
@@ -68,23 +77,37 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
                 kwargs.setdefault("return_embeddings", False)
             return type(self).forward(self, *args, labels=labels, **kwargs)
         kwargs.pop("num_items_in_batch", None)
-        scored = (labels != -100).any(dim=0).nonzero()  # columns whose token is scored
-        first = int(scored[0]) if len(scored) else labels.shape[1] - 1
-        keep = labels.shape[1] - first + 1  # logits of positions first-1 .. L-1
-        outputs = type(self).forward(
-            self, *args, logits_to_keep=keep, return_embeddings=True, use_cache=False, **kwargs
+        final_states: list[torch.Tensor] = []
+        handle = self.backbone.model.register_forward_hook(
+            lambda module, inputs, output: final_states.append(output.last_hidden_state)
         )
-        logits = outputs.logits[:, :-1].float() / temperature  # (B, keep - 1, V) predicts labels[:, first:]
-        targets = labels[:, first:]
-        log_probs = selective_log_softmax(logits, targets.clamp(min=0)).masked_fill(targets == -100, 0.0)
-        pad = (first - 1, 0)
-        return Moon3PolicyOutput(
-            log_probs=F.pad(log_probs, pad),  # (B, L - 1)
-            entropy=F.pad(entropy_from_logits(logits), pad),
-            embeddings=outputs.embeddings,
-        )
+        try:
+            outputs = type(self).forward(self, *args, return_embeddings=True, use_cache=False, **kwargs)
+        finally:
+            handle.remove()
+        per_token = chunked_log_probs(final_states[-1], labels, self.get_output_embeddings(), temperature)
+        return Moon3PolicyOutput(log_probs=per_token[0], entropy=per_token[1], embeddings=outputs.embeddings)
 
     model.forward = types.MethodType(forward, model)
+
+
+def chunked_log_probs(hidden_states, labels, lm_head, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities and entropies (each Tensor[B, L - 1], zero where `labels[:, 1:]` is -100) of the
+    LM head over `hidden_states` (Tensor[B, L, D]); position j predicts `labels[:, j + 1]`.
+
+    Only the labelled positions are scored, in (tokens x vocabulary) tiles, as TRL's fused head does."""
+    targets = labels[:, 1:]  # (B, L - 1)
+    scored = targets != -100
+    hidden = hidden_states[:, :-1][scored]  # (N, D)
+    weight = lm_head.weight
+    log_probs, entropy, *_ = ChunkedLogProbFunction.apply(
+        hidden, weight, lm_head.bias, targets[scored], temperature, LOGPROB_VOCAB_CHUNK, None, 1.0, ("entropy",)
+    )  # (N,), (N,)
+    # masked_scatter keeps an all-unlabelled micro-batch connected to the graph (a differentiable zero)
+    return (
+        log_probs.new_zeros(scored.shape).masked_scatter(scored, log_probs),
+        entropy.new_zeros(scored.shape).masked_scatter(scored, entropy),
+    )
 
 
 class Moon3GRPOTrainer(GRPOTrainer):
@@ -125,14 +148,39 @@ class Moon3GRPOTrainer(GRPOTrainer):
             reward_funcs = moon3_reward_funcs(
                 config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens
             )
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            processing_class=processing_class,
-            **kwargs,
-        )
+        # KL to a reference (beta > 0): TRL would load its reference by the config's path and give it TRL's fused
+        # head, which reads the backbone's output and skips FIRE, fusion and `<emb>`. The reference is built here
+        # instead, as a frozen copy of the initial policy with MOON3's head; TRL's init runs with beta = 0 so that it
+        # builds none, then beta is restored. With LoRA, TRL's own rule holds: the reference is the policy with its
+        # adapter disabled (no copy).
+        beta, sync_ref_model = args.beta, args.sync_ref_model
+        reference = None
+        if beta != 0.0 and kwargs.get("peft_config") is None and not is_peft_model(model):
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+        args.beta, args.sync_ref_model = 0.0, False
+        try:
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                processing_class=processing_class,
+                **kwargs,
+            )
+        finally:
+            args.beta, args.sync_ref_model = beta, sync_ref_model
+        self.beta = beta
+        if reference is not None:
+            install_fused_policy_head(reference, temperature=self.temperature)
+            self.ref_model = self._prepare_reference(reference)
+            if sync_ref_model:
+                self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+        elif sync_ref_model:
+            raise ValueError(
+                f"sync_ref_model=True needs a separate reference model, which exists only with beta > 0 (got "
+                f"{beta}) and without LoRA (the LoRA reference is the policy with its adapter disabled). Set "
+                "sync_ref_model=False."
+            )
         if (
             self.tools or self.rollout_func is not None
         ):  # completions would no longer match one generation's embeddings
@@ -142,9 +190,22 @@ class Moon3GRPOTrainer(GRPOTrainer):
             matryoshka_dims=args.matryoshka_dims or config.matryoshka_dims,
             gather_across_devices=args.gather_across_devices,
         )
-        install_fused_policy_head(self.accelerator.unwrap_model(self.model), temperature=self.temperature)
+        install_fused_policy_head(self._policy_module(), temperature=self.temperature)
         self._pending_candidates: dict[str, torch.Tensor] = {}
         self._completion_embeddings: torch.Tensor | None = None
+
+    def _policy_module(self):
+        """The `Moon3Model` being trained, outside DDP/DeepSpeed and PEFT wrappers."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if is_peft_model(model) else model
+
+    def _prepare_reference(self, reference):
+        """Place the reference model as TRL places its own (DeepSpeed, FSDP or plain evaluation mode)."""
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(reference, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(reference, self.accelerator)
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
 
     # ----- loss
 
@@ -199,6 +260,15 @@ class Moon3GRPOTrainer(GRPOTrainer):
         output.update(self._pending_candidates)  # per-row tensors: they follow TRL's shuffle and split
         self._pending_candidates = {}
         return output
+
+    def _generate(self, prompts):
+        """TRL's generation; a text prompt's image list comes back as `None` (TRL's `_tokenize_prompts`) and TRL then
+        hands the whole list to the processor, which fails on `None` in a batch mixing image and text queries: give
+        those rows `[]`, as the dataset's `images` column does."""
+        *outputs, images, tool_images = super()._generate(prompts)
+        if images is not None:
+            images = [image_list or [] for image_list in images]
+        return (*outputs, images, tool_images)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         """TRL's generation, keeping the completions' embeddings for the rank reward (`train/grpo_embedding.py`): read
