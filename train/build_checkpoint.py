@@ -327,6 +327,8 @@ def load_for_training(
     tokenizer_texts: list[str] | None = None,
     dtype: str | None = None,
     seed: int = 0,
+    attn_implementation: str | None = None,
+    revision: str = "main",
     **config_overrides,
 ):
     """(model, processor) for a training run: a saved MOON3 checkpoint, or a random one of `random_model_sizes` whose
@@ -343,10 +345,22 @@ def load_for_training(
             tokenizer, family=family, seed=seed, vlm_sizes=random_model_sizes, **config_overrides
         )
         processor.image_processor = build_image_processor(family, min_pixels=32 * 32, max_pixels=64 * 64)
+        if dtype not in (None, "auto", "float32"):
+            import torch
+
+            model = model.to(getattr(torch, dtype))
+        if attn_implementation is not None:
+            model.backbone.set_attn_implementation(attn_implementation)
         return model, processor
     if model_name_or_path is None:
         raise ValueError("Give --model_name_or_path (a MOON3 checkpoint folder) or --random_model.")
     kwargs = {"dtype": dtype} if dtype not in (None, "auto") else {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if revision not in (None, "main"):
+        kwargs["revision"] = revision
     model = Moon3Model.from_pretrained(model_name_or_path, **kwargs)
-    processor = Moon3Processor.from_pretrained(model_name_or_path)
+    processor = Moon3Processor.from_pretrained(
+        model_name_or_path, **({"revision": revision} if "revision" in kwargs else {})
+    )
     return model, processor

@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None):
     from train.trainer import Moon3GRPOTrainer
 
     rows = load_rows(script_args)
-    model, processor = build_model(script_args, model_args, rows)
+    model, processor = build_model(script_args, model_args, rows, training_args)
     dataset = to_grpo_dataset(rows, processor)
     trainer = Moon3GRPOTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    save_loadable(trainer, processor, training_args.output_dir)
+    save_loadable(trainer, processor, training_args.output_dir, model_args.model_name_or_path)
     return trainer
 
 

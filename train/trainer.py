@@ -37,6 +37,7 @@ from train.contrastive_trainer import check_finite
 from train.data import clean_item, product_key
 from train.distributed import gather_no_grad
 from train.grpo_embedding import GenerationRecorder, completion_embeddings, forward_embeddings
+from train.lora import lm_head_weight
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 from train.rewards import moon3_reward_funcs, reasoning_lengths
 
@@ -99,9 +100,9 @@ def chunked_log_probs(hidden_states, labels, lm_head, temperature: float = 1.0) 
     targets = labels[:, 1:]  # (B, L - 1)
     scored = targets != -100
     hidden = hidden_states[:, :-1][scored]  # (N, D)
-    weight = lm_head.weight
+    weight, bias = lm_head_weight(lm_head)  # (V, D): with LoRA, the new tokens' rows are the trained ones
     log_probs, entropy, *_ = ChunkedLogProbFunction.apply(
-        hidden, weight, lm_head.bias, targets[scored], temperature, LOGPROB_VOCAB_CHUNK, None, 1.0, ("entropy",)
+        hidden, weight, bias, targets[scored], temperature, LOGPROB_VOCAB_CHUNK, None, 1.0, ("entropy",)
     )  # (N,), (N,)
     # masked_scatter keeps an all-unlabelled micro-batch connected to the graph (a differentiable zero)
     return (
