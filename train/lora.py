@@ -141,17 +141,6 @@ def apply_lora(model, model_args):
     return peft_model
 
 
-def lm_head_weight(lm_head):
-    """(weight, bias) the LM head multiplies by, including PEFT's trained token rows when it carries them."""
-    adapter = getattr(lm_head, "token_adapter", None)  # PEFT's TrainableTokensWrapper (LoRA runs)
-    if adapter is None:
-        return lm_head.weight, lm_head.bias
-    base = adapter.base_layer
-    if adapter.disable_adapters or adapter.merged or not adapter.active_adapters:
-        return base.weight, base.bias
-    return adapter.get_merged_weights(adapter.active_adapters), base.bias
-
-
 def merged_model(peft_model, merge: bool = True):
     """The `Moon3Model` with the adapter, the trained token rows and the trained module copies folded in (or, with
     `merge=False`, the frozen base without them). `peft_model` is consumed: pass a copy to keep training it."""

@@ -26,23 +26,25 @@ import types
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from accelerate.utils import is_peft_model
+from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 from trl import GRPOTrainer
-from trl.kernels import ChunkedLogProbFunction
 from trl.models import prepare_deepspeed, prepare_fsdp
 from trl.trainer.callbacks import SyncRefModelCallback
+from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
 from train.contrastive_trainer import check_finite
 from train.data import clean_item, product_key
 from train.distributed import gather_no_grad
 from train.grpo_embedding import GenerationRecorder, completion_embeddings, forward_embeddings
-from train.lora import lm_head_weight
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 from train.rewards import moon3_reward_funcs, reasoning_lengths
 
-# Vocabulary rows per tile of the log-probability kernel (TRL's own fused head uses the same size).
-LOGPROB_VOCAB_CHUNK = 32768
+# Logits per tile of the policy's log-probabilities: 2**24 float32 values = 64 MiB (TRL's own fused head tiles
+# 4096 tokens x 32768 vocabulary entries).
+LOGIT_TILE_ELEMENTS = 2**24
 
 
 @dataclass
@@ -61,9 +63,9 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
     embedding) in one forward.
 
     TRL's own fused head reads `model.base_model(...).last_hidden_state`, which would skip MOON3's FIRE, fusion and
-    `<emb>` readout; this one runs MOON3's forward (no logits), takes the final hidden states the backbone returned
-    in that same pass, and scores the labelled positions with TRL's tiled kernel (`trl.kernels.ChunkedLogProbFunction`):
-    the (completions x positions x vocabulary) logits are never materialised, in the forward or the backward.
+    `<emb>` readout; this one runs MOON3's forward without logits, takes the final hidden states the backbone returned
+    in that same pass, and scores the completion positions tile by tile (`tiled_log_probs`): the full (completions x
+    positions x vocabulary) float32 logits are never materialised, in the forward or the backward.
     Without `fused_lm_head` the model's own forward runs (generation is unchanged).
     """
 
@@ -86,29 +88,61 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
             outputs = type(self).forward(self, *args, return_embeddings=True, use_cache=False, **kwargs)
         finally:
             handle.remove()
-        per_token = chunked_log_probs(final_states[-1], labels, self.get_output_embeddings(), temperature)
-        return Moon3PolicyOutput(log_probs=per_token[0], entropy=per_token[1], embeddings=outputs.embeddings)
+        log_probs, entropy = tiled_log_probs(final_states[-1], labels, self.backbone.lm_head, temperature)
+        return Moon3PolicyOutput(log_probs=log_probs, entropy=entropy, embeddings=outputs.embeddings)
 
     model.forward = types.MethodType(forward, model)
 
 
-def chunked_log_probs(hidden_states, labels, lm_head, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probabilities and entropies (each Tensor[B, L - 1], zero where `labels[:, 1:]` is -100) of the
-    LM head over `hidden_states` (Tensor[B, L, D]); position j predicts `labels[:, j + 1]`.
+def tiled_log_probs(
+    hidden_states, labels, lm_head, temperature: float = 1.0, tile_elements: int = LOGIT_TILE_ELEMENTS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities and entropies (each Tensor[B, L - 1], zero before the first scored column and where
+    `labels` is -100) of `lm_head` over `hidden_states` (Tensor[B, L, D]); position j predicts `labels[:, j + 1]`.
 
-    Only the labelled positions are scored, in (tokens x vocabulary) tiles, as TRL's fused head does."""
-    targets = labels[:, 1:]  # (B, L - 1)
-    scored = targets != -100
-    hidden = hidden_states[:, :-1][scored]  # (N, D)
-    weight, bias = lm_head_weight(lm_head)  # (V, D): with LoRA, the new tokens' rows are the trained ones
-    log_probs, entropy, *_ = ChunkedLogProbFunction.apply(
-        hidden, weight, bias, targets[scored], temperature, LOGPROB_VOCAB_CHUNK, None, 1.0, ("entropy",)
-    )  # (N,), (N,)
-    # masked_scatter keeps an all-unlabelled micro-batch connected to the graph (a differentiable zero)
-    return (
-        log_probs.new_zeros(scored.shape).masked_scatter(scored, log_probs),
-        entropy.new_zeros(scored.shape).masked_scatter(scored, entropy),
-    )
+    Only the columns from the first scored one on get logits, in tiles of at most `tile_elements` logits (rows of the
+    batch, or single positions when one row is larger), each under activation checkpointing: a tile's float32 logits
+    live only while that tile is computed, again in the backward. Within a tile the arithmetic is the plain one
+    (`lm_head`, float32, `selective_log_softmax`, `entropy_from_logits`), so a batch that fits one tile gets exactly
+    the values of the untiled computation. `lm_head` is called as a module, so PEFT's trained token rows take part.
+    """
+    scored = (labels != -100).any(dim=0).nonzero()  # columns whose token is scored
+    first = int(scored[0]) if len(scored) else labels.shape[1] - 1
+    kept = hidden_states[:, first - 1 :] if first > 0 else hidden_states  # (B, K, D): positions first-1 .. L-1
+    targets = labels[:, -(kept.shape[1] - 1) :] if kept.shape[1] > 1 else labels[:, :0]  # (B, K - 1)
+    batch, width = targets.shape
+    vocab = lm_head.weight.shape[0]
+
+    def score(states, tile_targets):
+        logits = lm_head(states)[:, :-1].float() / temperature  # (b, k - 1, V)
+        log_probs = selective_log_softmax(logits, tile_targets.clamp(min=0)).masked_fill(tile_targets == -100, 0.0)
+        return log_probs, entropy_from_logits(logits)
+
+    rows_per_tile = tile_elements // max(1, kept.shape[1] * vocab)
+    if rows_per_tile >= 1:
+        tiles = [
+            checkpoint(
+                score, kept[start : start + rows_per_tile], targets[start : start + rows_per_tile], use_reentrant=False
+            )
+            for start in range(0, batch, rows_per_tile)
+        ]
+    else:  # one row alone is larger than a tile: score a few positions at a time (each needs its next position)
+        step = max(1, tile_elements // vocab)
+        tiles = []
+        for row in range(batch):
+            parts = [
+                checkpoint(
+                    score,
+                    kept[row : row + 1, start : start + step + 1],
+                    targets[row : row + 1, start : start + step],
+                    use_reentrant=False,
+                )
+                for start in range(0, width, step)
+            ]
+            tiles.append(tuple(torch.cat(values, dim=1) for values in zip(*parts, strict=True)))
+    log_probs, entropy = (torch.cat(values) for values in zip(*tiles, strict=True))  # (B, K - 1) each
+    pad = (labels.shape[1] - 1 - width, 0)
+    return F.pad(log_probs, pad), F.pad(entropy, pad)
 
 
 class Moon3GRPOTrainer(GRPOTrainer):
