@@ -95,7 +95,7 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
 
 
 def tiled_log_probs(
-    hidden_states, labels, lm_head, temperature: float = 1.0, tile_elements: int = LOGIT_TILE_ELEMENTS
+    hidden_states, labels, lm_head, temperature: float = 1.0, tile_elements: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities and entropies (each Tensor[B, L - 1], zero before the first scored column and where
     `labels` is -100) of `lm_head` over `hidden_states` (Tensor[B, L, D]); position j predicts `labels[:, j + 1]`.
@@ -112,6 +112,7 @@ def tiled_log_probs(
     targets = labels[:, -(kept.shape[1] - 1) :] if kept.shape[1] > 1 else labels[:, :0]  # (B, K - 1)
     batch, width = targets.shape
     vocab = lm_head.weight.shape[0]
+    tile_elements = tile_elements or LOGIT_TILE_ELEMENTS
 
     def score(states, tile_targets):
         logits = lm_head(states)[:, :-1].float() / temperature  # (b, k - 1, V)
