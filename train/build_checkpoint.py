@@ -212,12 +212,40 @@ def build_random(
     return model, processor
 
 
+def wrap_backbone(vlm, config):
+    """A `Moon3Model` around the loaded backbone `vlm` itself, never a second copy of its weights.
+
+    The model is built on the meta device (no memory, no random initialisation of a backbone that is thrown away),
+    `vlm` takes the backbone's place, and only MOON3's own small modules (fusion, FIRE, projection head) are
+    materialised and initialised as `post_init` would (PyTorch's reset, then `_init_weights`), in `vlm`'s dtype."""
+    import torch
+
+    from train.moon3_code import Moon3Model
+
+    with torch.device("meta"):
+        model = Moon3Model(config)
+    model.backbone = vlm
+    model._register_layer_hooks()  # the FIRE and fusion hooks of the meta backbone's layers go to the real ones
+    device = next(vlm.parameters()).device
+    for module in (model.fusion, model.fire, model.head):
+        if module is None:
+            continue
+        module.to_empty(device=device)
+        for part in module.modules():
+            reset = getattr(part, "reset_parameters", None) or getattr(part, "_reset_parameters", None)
+            if reset is not None:
+                reset()
+        module.apply(model._init_weights)
+        module.to(vlm.dtype)
+    return model
+
+
 def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
     """Load a pretrained Qwen-VL backbone, add MOON3's tokens and modules; return (model, processor)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     from train.build_tokenizer import wrap_tokenizer
-    from train.moon3_code import Moon3Model, Moon3Processor
+    from train.moon3_code import Moon3Processor
 
     tokenizer = wrap_tokenizer(AutoTokenizer.from_pretrained(backbone))
     backbone_config = AutoConfig.from_pretrained(backbone)
@@ -226,14 +254,10 @@ def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
         raise ValueError(
             f"--backbone {backbone!r} is a {family!r} model; MOON3 supports {list(FAMILY_IMAGE_SETTINGS)}."
         )
-    vlm = AutoModelForImageTextToText.from_pretrained(backbone, dtype=dtype)
+    vlm = AutoModelForImageTextToText.from_pretrained(backbone, dtype=dtype)  # the only copy of the weights
     vlm.resize_token_embeddings(len(tokenizer))
     config = moon3_config(vlm.config, tokenizer, **config_overrides)
-    model = Moon3Model(config).to(vlm.dtype)
-    missing, unexpected = model.backbone.load_state_dict(vlm.state_dict(), strict=False)
-    if unexpected or [key for key in missing if "lm_head" not in key]:
-        raise ValueError(f"Backbone weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-    model.backbone.tie_weights()
+    model = wrap_backbone(vlm, config)
     image_processor = AutoImageProcessor.from_pretrained(backbone)  # the PIL backend when torchvision is absent
     processor = Moon3Processor(
         image_processor=image_processor,
