@@ -143,7 +143,8 @@ class Moon3FireBlock(nn.Module):
         if hidden.shape[:2] != context.fire_mask.shape:
             return None
         mask = context.fire_mask
-        refreshed = self(hidden[mask], context.fire_features)  # (N, D)
+        # float32 blocks (trained in full precision over a bfloat16 base, as under LoRA) return float32
+        refreshed = self(hidden[mask], context.fire_features).to(hidden.dtype)  # (N, D)
         hidden = hidden.masked_scatter(mask.unsqueeze(-1), refreshed)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 

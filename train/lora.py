@@ -132,13 +132,30 @@ def apply_lora(model, model_args):
     peft_model = get_peft_model(model, lora_config(model, model_args))
     for parameter in peft_model.parameters():
         if parameter.requires_grad and parameter.dtype != torch.float32:
-            parameter.data = (
-                parameter.data.float()
-            )  # fp32 master weights for what trains; the frozen base keeps its dtype
+            # float32 master weights for what trains; the frozen base keeps its dtype
+            parameter.data = parameter.data.float()
+    cast_inputs_of_trained_copies(peft_model)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     logger.info("LoRA: %d trainable of %d parameters (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     return peft_model
+
+
+def cast_inputs_of_trained_copies(peft_model) -> None:
+    """Let the float32 copies of MOON3's modules take a bfloat16 base's activations outside autocast (generation and
+    the rank reward's embeddings run without it): each copy casts its floating-point tensor inputs to its own dtype.
+    Under autocast the matrix products still run in bfloat16."""
+    import torch
+    from peft.utils.other import ModulesToSaveWrapper
+
+    def cast(module, args):
+        dtype = next(module.parameters()).dtype
+        return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+
+    for wrapper in peft_model.modules():
+        if isinstance(wrapper, ModulesToSaveWrapper):
+            for trained_copy in wrapper.modules_to_save.values():
+                trained_copy.register_forward_pre_hook(cast)
 
 
 def merged_model(peft_model, merge: bool = True):

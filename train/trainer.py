@@ -309,7 +309,7 @@ class Moon3GRPOTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         """TRL's generation, keeping the completions' embeddings for the rank reward (`train/grpo_embedding.py`): read
         from the generation itself with transformers' `generate`, else one forward over the prompt ids TRL built."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self._policy_module()  # generate() runs on it: its forward hooks fire (a PeftModel's do not)
         record = not (self.use_vllm or self.use_transformers_continuous_batching)
         with GenerationRecorder(model) if record else contextlib.nullcontext() as recorder:
             completion_ids, logprobs = super()._generate_single_turn(
