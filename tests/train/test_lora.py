@@ -183,3 +183,20 @@ def test_trl_generate_returns_images_then_tool_images():
     assert "images,\n            tool_images,\n        ) = self._generate(prompts)" in inspect.getsource(
         GRPOTrainer._generate_and_score_completions
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dataset_config", "default"], "--dataset_config not supported"),
+        (["--dataset_streaming", "true"], "--dataset_streaming not supported"),
+        (["--cast_lm_head_to_fp32", "true"], "cast_lm_head_to_fp32 is not supported"),
+        (["--use_liger_kernel", "true"], "use_liger_kernel is not supported"),
+    ],
+)
+def test_stage2_parser_refuses_flags_it_would_ignore(flags, message, tmp_path):
+    from train.grpo_contrastive import make_parser
+
+    argv = ["--synthetic_rows", "4", "--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", *flags]
+    with pytest.raises(ValueError, match=message):
+        make_parser().parse_args_and_config(args=argv)
