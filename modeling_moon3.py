@@ -9,6 +9,7 @@ of one row, N selected positions across the batch, V vocabulary.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -143,7 +144,8 @@ class Moon3FireBlock(nn.Module):
         if hidden.shape[:2] != context.fire_mask.shape:
             return None
         mask = context.fire_mask
-        refreshed = self(hidden[mask], context.fire_features)  # (N, D)
+        # float32 blocks (trained in full precision over a bfloat16 base, as under LoRA) return float32
+        refreshed = self(hidden[mask], context.fire_features).to(hidden.dtype)  # (N, D)
         hidden = hidden.masked_scatter(mask.unsqueeze(-1), refreshed)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
@@ -321,12 +323,17 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         for index, layer in enumerate(self.decoder_layers):
             layer.moon3_layer_index = index
         if self.fire is not None:
-            for layer_index, block in self.fire.items():
-                self.decoder_layers[int(layer_index)].register_forward_hook(block.layer_hook, with_kwargs=True)
+            for layer_index in self.fire:
+                hook = functools.partial(self._fire_layer_hook, layer_index)
+                self.decoder_layers[int(layer_index)].register_forward_hook(hook, with_kwargs=True)
         if self.fusion is not None and self.config.fusion_source_layer > 0:
             self.decoder_layers[self.config.fusion_source_layer - 1].register_forward_hook(
                 capture_layer_hook, with_kwargs=True
             )
+
+    def _fire_layer_hook(self, layer_index: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        # The block is looked up on every call, so that a wrapper replacing it (PEFT's modules_to_save) is what runs.
+        return Moon3FireBlock.layer_hook(self.fire[layer_index], module, args, kwargs, output)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()

@@ -6,7 +6,7 @@
     python -m train.ablate --out runs/ablation --mode reason         # the same rows, embedded after their reasoning
 
 Every variant is trained by the same two documented commands (`accelerate launch train/cold_start.py --config
-train/recipes/mini_cold_start.yaml`, then `train/grpo_contrastive.py --config train/recipes/mini_grpo.yaml`) from a
+train/recipes/mini_cold_start.yaml`, then `train/grpo_contrastive.py --config train/recipes/mini_grpo_text.yaml`) from a
 random checkpoint built by `python -m train.build_checkpoint --random`, with exactly one change:
 
 | variant | change |
@@ -136,7 +136,7 @@ def train_variant(variant: Variant, args) -> Path:
         return stage1
     stage2 = folder / "stage2"
     if not is_checkpoint(stage2):
-        command = launch + ["train/grpo_contrastive.py", "--config", "train/recipes/mini_grpo.yaml"]
+        command = launch + ["train/grpo_contrastive.py", "--config", "train/recipes/mini_grpo_text.yaml"]
         command += ["--model_name_or_path", str(stage1), "--output_dir", str(stage2), "--seed", str(variant.seed)]
         command += variant.stage2_flags + args.stage2_args
         record_time(folder, "stage2_s", run(command, folder / "logs" / "stage2.log", args.dry_run))

@@ -212,12 +212,40 @@ def build_random(
     return model, processor
 
 
+def wrap_backbone(vlm, config):
+    """A `Moon3Model` around the loaded backbone `vlm` itself, never a second copy of its weights.
+
+    The model is built on the meta device (no memory, no random initialisation of a backbone that is thrown away),
+    `vlm` takes the backbone's place, and only MOON3's own small modules (fusion, FIRE, projection head) are
+    materialised and initialised as `post_init` would (PyTorch's reset, then `_init_weights`), in `vlm`'s dtype."""
+    import torch
+
+    from train.moon3_code import Moon3Model
+
+    with torch.device("meta"):
+        model = Moon3Model(config)
+    model.backbone = vlm
+    model._register_layer_hooks()  # the FIRE and fusion hooks of the meta backbone's layers go to the real ones
+    device = next(vlm.parameters()).device
+    for module in (model.fusion, model.fire, model.head):
+        if module is None:
+            continue
+        module.to_empty(device=device)
+        for part in module.modules():
+            reset = getattr(part, "reset_parameters", None) or getattr(part, "_reset_parameters", None)
+            if reset is not None:
+                reset()
+        module.apply(model._init_weights)
+        module.to(vlm.dtype)
+    return model
+
+
 def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
     """Load a pretrained Qwen-VL backbone, add MOON3's tokens and modules; return (model, processor)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     from train.build_tokenizer import wrap_tokenizer
-    from train.moon3_code import Moon3Model, Moon3Processor
+    from train.moon3_code import Moon3Processor
 
     tokenizer = wrap_tokenizer(AutoTokenizer.from_pretrained(backbone))
     backbone_config = AutoConfig.from_pretrained(backbone)
@@ -226,14 +254,10 @@ def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
         raise ValueError(
             f"--backbone {backbone!r} is a {family!r} model; MOON3 supports {list(FAMILY_IMAGE_SETTINGS)}."
         )
-    vlm = AutoModelForImageTextToText.from_pretrained(backbone, dtype=dtype)
+    vlm = AutoModelForImageTextToText.from_pretrained(backbone, dtype=dtype)  # the only copy of the weights
     vlm.resize_token_embeddings(len(tokenizer))
     config = moon3_config(vlm.config, tokenizer, **config_overrides)
-    model = Moon3Model(config).to(vlm.dtype)
-    missing, unexpected = model.backbone.load_state_dict(vlm.state_dict(), strict=False)
-    if unexpected or [key for key in missing if "lm_head" not in key]:
-        raise ValueError(f"Backbone weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-    model.backbone.tie_weights()
+    model = wrap_backbone(vlm, config)
     image_processor = AutoImageProcessor.from_pretrained(backbone)  # the PIL backend when torchvision is absent
     processor = Moon3Processor(
         image_processor=image_processor,
@@ -336,6 +360,8 @@ def load_for_training(
     tokenizer_texts: list[str] | None = None,
     dtype: str | None = None,
     seed: int = 0,
+    attn_implementation: str | None = None,
+    revision: str = "main",
     **config_overrides,
 ):
     """(model, processor) for a training run: a saved MOON3 checkpoint, or a random one of `random_model_sizes` whose
@@ -352,10 +378,22 @@ def load_for_training(
             tokenizer, family=family, seed=seed, vlm_sizes=random_model_sizes, **config_overrides
         )
         processor.image_processor = build_image_processor(family, min_pixels=32 * 32, max_pixels=64 * 64)
+        if dtype not in (None, "auto", "float32"):
+            import torch
+
+            model = model.to(getattr(torch, dtype))
+        if attn_implementation is not None:
+            model.backbone.set_attn_implementation(attn_implementation)
         return model, processor
     if model_name_or_path is None:
         raise ValueError("Give --model_name_or_path (a MOON3 checkpoint folder) or --random_model.")
     kwargs = {"dtype": dtype} if dtype not in (None, "auto") else {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if revision not in (None, "main"):
+        kwargs["revision"] = revision
     model = Moon3Model.from_pretrained(model_name_or_path, **kwargs)
-    processor = Moon3Processor.from_pretrained(model_name_or_path)
+    processor = Moon3Processor.from_pretrained(
+        model_name_or_path, **({"revision": revision} if "revision" in kwargs else {})
+    )
     return model, processor

@@ -78,10 +78,35 @@ def training_texts(dataset, limit: int = 2000) -> list[str]:
     return [text for text in texts if text]
 
 
-def build_model(script_args, model_args, dataset):
+def check_precision(model_args, training_args) -> None:
+    """Refuse weight dtypes that would train badly: AdamW updates of ~1e-5 round away on bfloat16 weights.
+
+    Mixed precision as intended: full fine-tuning loads float32 weights (`dtype: float32`, the master copy) and runs
+    under bf16 autocast (`bf16: true`); LoRA may keep the frozen base in bfloat16 (its trainable parameters are float32,
+    `train/lora.py`), which then needs the autocast."""
+    low = model_args.dtype in ("bfloat16", "float16")
+    if low and not model_args.use_peft:
+        raise ValueError(
+            f"dtype {model_args.dtype} with full fine-tuning would train {model_args.dtype} weights, whose small "
+            "AdamW updates round away. Load dtype: float32 (the master weights) with bf16: true (bf16 autocast), "
+            "or train LoRA (--use_peft), which keeps a frozen bfloat16 base."
+        )
+    if low and training_args is not None and not (training_args.bf16 or training_args.fp16):
+        raise ValueError(
+            f"--use_peft over a {model_args.dtype} base needs autocast (bf16: true): the adapters and MOON3's modules "
+            "train in float32 and meet the frozen base's layers inside autocast."
+        )
+
+
+def build_model(script_args, model_args, dataset, training_args=None):
+    """(model, processor) for a run: loaded or random, with the attention implementation asked for, LoRA-wrapped
+    under `--use_peft` (`train/lora.py`)."""
     from train.build_checkpoint import load_for_training
     from train.config import RANDOM_MODEL_SIZES
+    from train.lora import apply_lora, check_lora_arguments
 
+    check_lora_arguments(model_args)
+    check_precision(model_args, training_args)
     sizes = RANDOM_MODEL_SIZES[script_args.random_model] if script_args.random_model else None
     model, processor = load_for_training(
         model_args.model_name_or_path,
@@ -89,6 +114,8 @@ def build_model(script_args, model_args, dataset):
         family=script_args.random_model_family,
         tokenizer_texts=training_texts(dataset) if sizes else None,
         dtype=model_args.dtype,
+        attn_implementation=model_args.attn_implementation,
+        revision=model_args.model_revision,
         **(
             {"embedding_dim": 32, "matryoshka_dims": [8, 16, 32], "max_reasoning_tokens": 8}
             if script_args.random_model == "tiny"
@@ -97,15 +124,27 @@ def build_model(script_args, model_args, dataset):
     )
     if script_args.freeze_vision_tower:
         model.backbone.model.visual.requires_grad_(False)
+    if model_args.use_peft:
+        model = apply_lora(model, model_args)
     return model, processor
 
 
-def save_loadable(trainer, processor, output_dir: str) -> None:
+def save_loadable(trainer, processor, output_dir: str, base_checkpoint: str | None = None) -> None:
     """Save the trained model as a complete checkpoint folder: weights, processor, the three code files (so that
-    `AutoModel.from_pretrained(folder, trust_remote_code=True)` works) and the sentence-transformers files."""
+    `AutoModel.from_pretrained(folder, trust_remote_code=True)` works) and the sentence-transformers files.
+
+    A LoRA run saves the merged model there and the adapter in `output_dir/adapter` (`train.lora.save_lora_run`);
+    `base_checkpoint` is the checkpoint it started from (None for a random start)."""
+    from accelerate.utils import is_peft_model
+
     from train.build_checkpoint import register_auto_classes
     from train.write_st_files import write_st_files
 
+    if is_peft_model(trainer.accelerator.unwrap_model(trainer.model)):
+        from train.lora import save_lora_run
+
+        save_lora_run(trainer, processor, output_dir, base_checkpoint)
+        return
     register_auto_classes()  # save_pretrained then copies configuration/modeling/processing_moon3.py
     trainer.save_model(output_dir)
     if trainer.accelerator.is_main_process:
@@ -123,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     from train.losses import Moon3InfoNCELoss
 
     records, rejects = load_rows(script_args)
-    model, processor = build_model(script_args, model_args, records_to_dataset(records))
+    model, processor = build_model(script_args, model_args, records_to_dataset(records), training_args)
     dataset = check_rows(records, processor, script_args, training_args.output_dir, rejects)
     loss_fn = Moon3InfoNCELoss(
         temperature=training_args.contrastive_temperature,
@@ -142,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         loss_fn=loss_fn,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    save_loadable(trainer, processor, training_args.output_dir)
+    save_loadable(trainer, processor, training_args.output_dir, model_args.model_name_or_path)
 
 
 if __name__ == "__main__":

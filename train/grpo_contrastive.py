@@ -55,12 +55,12 @@ def main(argv: list[str] | None = None):
     from train.trainer import Moon3GRPOTrainer
 
     records, rejects = load_rows(script_args)  # schema checks; then every row built with the processor before step 1
-    model, processor = build_model(script_args, model_args, records_to_dataset(records))
+    model, processor = build_model(script_args, model_args, records_to_dataset(records), training_args)
     rows = check_rows(records, processor, script_args, training_args.output_dir, rejects)
     dataset = to_grpo_dataset(rows, processor)
     trainer = Moon3GRPOTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    save_loadable(trainer, processor, training_args.output_dir)
+    save_loadable(trainer, processor, training_args.output_dir, model_args.model_name_or_path)
     return trainer
 
 

@@ -20,6 +20,7 @@ decode step over the generation's cache. With vLLM it is one no-gradient forward
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import logging
 import types
@@ -27,8 +28,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import is_peft_model
+from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 from trl import GRPOTrainer
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.utils import RepeatSampler, entropy_from_logits, selective_log_softmax
 
 from train.checkpointing import CheckpointMixin, EpochSeededRepeatSampler
@@ -40,6 +45,10 @@ from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 from train.rewards import moon3_reward_funcs, reasoning_lengths
 
 logger = logging.getLogger(__name__)
+
+# Logits per tile of the policy's log-probabilities: 2**24 float32 values = 64 MiB (TRL's own fused head tiles
+# 4096 tokens x 32768 vocabulary entries).
+LOGIT_TILE_ELEMENTS = 2**24
 
 
 @dataclass
@@ -58,7 +67,10 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
     embedding) in one forward.
 
     TRL's own fused head reads `model.base_model(...).last_hidden_state`, which would skip MOON3's FIRE, fusion and
-    `<emb>` readout; this replaces it. Without `fused_lm_head` the model's own forward runs (generation is unchanged).
+    `<emb>` readout; this one runs MOON3's forward without logits, takes the final hidden states the backbone returned
+    in that same pass, and scores the completion positions tile by tile (`tiled_log_probs`): the full (completions x
+    positions x vocabulary) float32 logits are never materialised, in the forward or the backward.
+    Without `fused_lm_head` the model's own forward runs (generation is unchanged).
     """
 
     @functools.wraps(type(model).forward)  # generate() validates its kwargs against this signature
@@ -72,23 +84,70 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
                 kwargs.setdefault("return_embeddings", False)
             return type(self).forward(self, *args, labels=labels, **kwargs)
         kwargs.pop("num_items_in_batch", None)
-        scored = (labels != -100).any(dim=0).nonzero()  # columns whose token is scored
-        first = int(scored[0]) if len(scored) else labels.shape[1] - 1
-        keep = labels.shape[1] - first + 1  # logits of positions first-1 .. L-1
-        outputs = type(self).forward(
-            self, *args, logits_to_keep=keep, return_embeddings=True, use_cache=False, **kwargs
+        final_states: list[torch.Tensor] = []
+        handle = self.backbone.model.register_forward_hook(
+            lambda module, inputs, output: final_states.append(output.last_hidden_state)
         )
-        logits = outputs.logits[:, :-1].float() / temperature  # (B, keep - 1, V) predicts labels[:, first:]
-        targets = labels[:, first:]
-        log_probs = selective_log_softmax(logits, targets.clamp(min=0)).masked_fill(targets == -100, 0.0)
-        pad = (first - 1, 0)
-        return Moon3PolicyOutput(
-            log_probs=F.pad(log_probs, pad),  # (B, L - 1)
-            entropy=F.pad(entropy_from_logits(logits), pad),
-            embeddings=outputs.embeddings,
-        )
+        try:
+            outputs = type(self).forward(self, *args, return_embeddings=True, use_cache=False, **kwargs)
+        finally:
+            handle.remove()
+        log_probs, entropy = tiled_log_probs(final_states[-1], labels, self.backbone.lm_head, temperature)
+        return Moon3PolicyOutput(log_probs=log_probs, entropy=entropy, embeddings=outputs.embeddings)
 
     model.forward = types.MethodType(forward, model)
+
+
+def tiled_log_probs(
+    hidden_states, labels, lm_head, temperature: float = 1.0, tile_elements: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities and entropies (each Tensor[B, L - 1], zero before the first scored column and where
+    `labels` is -100) of `lm_head` over `hidden_states` (Tensor[B, L, D]); position j predicts `labels[:, j + 1]`.
+
+    Only the columns from the first scored one on get logits, in tiles of at most `tile_elements` logits (rows of the
+    batch, or single positions when one row is larger), each under activation checkpointing: a tile's float32 logits
+    live only while that tile is computed, again in the backward. Within a tile the arithmetic is the plain one
+    (`lm_head`, float32, `selective_log_softmax`, `entropy_from_logits`), so a batch that fits one tile gets exactly
+    the values of the untiled computation. `lm_head` is called as a module, so PEFT's trained token rows take part.
+    """
+    scored = (labels != -100).any(dim=0).nonzero()  # columns whose token is scored
+    first = int(scored[0]) if len(scored) else labels.shape[1] - 1
+    kept = hidden_states[:, first - 1 :] if first > 0 else hidden_states  # (B, K, D): positions first-1 .. L-1
+    targets = labels[:, -(kept.shape[1] - 1) :] if kept.shape[1] > 1 else labels[:, :0]  # (B, K - 1)
+    batch, width = targets.shape
+    vocab = lm_head.weight.shape[0]
+    tile_elements = tile_elements or LOGIT_TILE_ELEMENTS
+
+    def score(states, tile_targets):
+        logits = lm_head(states)[:, :-1].float() / temperature  # (b, k - 1, V)
+        log_probs = selective_log_softmax(logits, tile_targets.clamp(min=0)).masked_fill(tile_targets == -100, 0.0)
+        return log_probs, entropy_from_logits(logits)
+
+    rows_per_tile = tile_elements // max(1, kept.shape[1] * vocab)
+    if rows_per_tile >= 1:
+        tiles = [
+            checkpoint(
+                score, kept[start : start + rows_per_tile], targets[start : start + rows_per_tile], use_reentrant=False
+            )
+            for start in range(0, batch, rows_per_tile)
+        ]
+    else:  # one row alone is larger than a tile: score a few positions at a time (each needs its next position)
+        step = max(1, tile_elements // vocab)
+        tiles = []
+        for row in range(batch):
+            parts = [
+                checkpoint(
+                    score,
+                    kept[row : row + 1, start : start + step + 1],
+                    targets[row : row + 1, start : start + step],
+                    use_reentrant=False,
+                )
+                for start in range(0, width, step)
+            ]
+            tiles.append(tuple(torch.cat(values, dim=1) for values in zip(*parts, strict=True)))
+    log_probs, entropy = (torch.cat(values) for values in zip(*tiles, strict=True))  # (B, K - 1) each
+    pad = (labels.shape[1] - 1 - width, 0)
+    return F.pad(log_probs, pad), F.pad(entropy, pad)
 
 
 class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
@@ -129,14 +188,39 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
             reward_funcs = moon3_reward_funcs(
                 config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens
             )
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            processing_class=processing_class,
-            **kwargs,
-        )
+        # KL to a reference (beta > 0): TRL would load its reference by the config's path and give it TRL's fused
+        # head, which reads the backbone's output and skips FIRE, fusion and `<emb>`. The reference is built here
+        # instead, as a frozen copy of the initial policy with MOON3's head; TRL's init runs with beta = 0 so that it
+        # builds none, then beta is restored. With LoRA, TRL's own rule holds: the reference is the policy with its
+        # adapter disabled (no copy).
+        beta, sync_ref_model = args.beta, args.sync_ref_model
+        reference = None
+        if beta != 0.0 and kwargs.get("peft_config") is None and not is_peft_model(model):
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+        args.beta, args.sync_ref_model = 0.0, False
+        try:
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                processing_class=processing_class,
+                **kwargs,
+            )
+        finally:
+            args.beta, args.sync_ref_model = beta, sync_ref_model
+        self.beta = beta
+        if reference is not None:
+            install_fused_policy_head(reference, temperature=self.temperature)
+            self.ref_model = self._prepare_reference(reference)
+            if sync_ref_model:
+                self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+        elif sync_ref_model:
+            raise ValueError(
+                f"sync_ref_model=True needs a separate reference model, which exists only with beta > 0 (got "
+                f"{beta}) and without LoRA (the LoRA reference is the policy with its adapter disabled). Set "
+                "sync_ref_model=False."
+            )
         if (
             self.tools or self.rollout_func is not None
         ):  # completions would no longer match one generation's embeddings
@@ -146,7 +230,7 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
             matryoshka_dims=args.matryoshka_dims or config.matryoshka_dims,
             gather_across_devices=args.gather_across_devices,
         )
-        install_fused_policy_head(self.accelerator.unwrap_model(self.model), temperature=self.temperature)
+        install_fused_policy_head(self._policy_module(), temperature=self.temperature)
         self._pending_candidates: dict[str, torch.Tensor] = {}
         self._completion_embeddings: torch.Tensor | None = None
 
@@ -181,6 +265,19 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
                 self._step,
                 generate_every,
             )
+
+    def _policy_module(self):
+        """The `Moon3Model` being trained, outside DDP/DeepSpeed and PEFT wrappers."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if is_peft_model(model) else model
+
+    def _prepare_reference(self, reference):
+        """Place the reference model as TRL places its own (DeepSpeed, FSDP or plain evaluation mode)."""
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(reference, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(reference, self.accelerator)
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
 
     # ----- loss
 
@@ -236,10 +333,19 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
         self._pending_candidates = {}
         return output
 
+    def _generate(self, prompts):
+        """TRL's generation; a text prompt's image list comes back as `None` (TRL's `_tokenize_prompts`) and TRL then
+        hands the whole list to the processor, which fails on `None` in a batch mixing image and text queries: give
+        those rows `[]`, as the dataset's `images` column does."""
+        *outputs, images, tool_images = super()._generate(prompts)
+        if images is not None:
+            images = [image_list or [] for image_list in images]
+        return (*outputs, images, tool_images)
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
         """TRL's generation, keeping the completions' embeddings for the rank reward (`train/grpo_embedding.py`): read
         from the generation itself with transformers' `generate`, else one forward over the prompt ids TRL built."""
-        model = self.accelerator.unwrap_model(self.model)
+        model = self._policy_module()  # generate() runs on it: its forward hooks fire (a PeftModel's do not)
         record = not (self.use_vllm or self.use_transformers_continuous_batching)
         with GenerationRecorder(model) if record else contextlib.nullcontext() as recorder:
             completion_ids, logprobs = super()._generate_single_turn(
