@@ -266,6 +266,20 @@ class Moon3PreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
+def check_single_device_map(device_map) -> None:
+    """Refuse a `device_map` that may spread MOON3 over several devices ("auto", "balanced", "sequential", or a dict
+    naming more than one device): FIRE blocks run inside their decoder layer's forward hook and the fusion module reads
+    the prompt's raw signals, so they must share the backbone's device, which a split map does not guarantee."""
+    devices = set(map(str, device_map.values())) if isinstance(device_map, dict) else {str(device_map)}
+    if device_map is not None and (len(devices) > 1 or devices & {"auto", "balanced", "balanced_low_0", "sequential"}):
+        raise ValueError(
+            f"device_map={device_map!r} may place MOON3 on several devices, and its FIRE blocks (run inside their "
+            "decoder layer's forward hook) and fusion module must share the backbone's device. Load on one device "
+            "(device_map='cuda:0' or 'cpu'); to shard a model too big for one GPU, train with DeepSpeed ZeRO-3 "
+            "(train/accelerate/zero3.yaml)."
+        )
+
+
 class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
     r"""
     MOON3 embedding model over a Qwen3-VL or Qwen2.5-VL backbone.
@@ -312,20 +326,8 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
-        model._check_single_device_map()
-        return model
-
-    def _check_single_device_map(self) -> None:
-        """Refuse a `device_map` that spreads MOON3 over several devices (or offloads part of it)."""
-        devices = {str(device) for device in (getattr(self, "hf_device_map", None) or {}).values()}
-        if len(devices) > 1 and (self.fire is not None or self.fusion is not None):
-            raise ValueError(
-                f"device_map placed MOON3 on several devices ({sorted(devices)}). FIRE blocks run inside their decoder "
-                "layer's forward hook and the fusion module reads the prompt's raw signals, so they must share one "
-                "device with the backbone; a split map puts them apart. Load on one device (device_map='cuda:0' or "
-                "'cpu') and shard for training with DeepSpeed ZeRO-3 instead."
-            )
+        check_single_device_map(kwargs.get("device_map"))
+        return super().from_pretrained(*args, **kwargs)
 
     # ----- plumbing the backbone exposes
 
