@@ -93,3 +93,13 @@ def test_extra_decode_step_runs_even_when_every_emb_was_fed_back(tiny_model):
     ]
     reference = forward_embeddings(model, prompt_ids, {}, completions, torch.device("cpu"))
     torch.testing.assert_close(recorded, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_accelerate_configs_load_and_multinode_ones_split_processes_evenly():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    for path in sorted((REPO / "train" / "accelerate").glob("*.yaml")):
+        config = load_config_from_file(str(path))
+        assert config.num_processes % config.num_machines == 0, path.name
+        if "multinode" in path.name:
+            assert config.num_machines > 1 and config.distributed_type == "DEEPSPEED", path.name
