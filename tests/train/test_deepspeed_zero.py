@@ -93,7 +93,9 @@ def shard(model, stage: int, lr: float = 0.0):
     config = {
         "train_micro_batch_size_per_gpu": 1,
         "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": stage},
+        # persistence 0: ZeRO-3 would otherwise keep the tiny model's small parameters whole on every process, and no
+        # forward would all-gather anything
+        "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
     }
