@@ -269,6 +269,20 @@ class Moon3PreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
+def check_single_device_map(device_map) -> None:
+    """Refuse a `device_map` that may spread MOON3 over several devices ("auto", "balanced", "sequential", or a dict
+    naming more than one device): FIRE blocks run inside their decoder layer's forward hook and the fusion module reads
+    the prompt's raw signals, so they must share the backbone's device, which a split map does not guarantee."""
+    devices = set(map(str, device_map.values())) if isinstance(device_map, dict) else {str(device_map)}
+    if device_map is not None and (len(devices) > 1 or devices & {"auto", "balanced", "balanced_low_0", "sequential"}):
+        raise ValueError(
+            f"device_map={device_map!r} may place MOON3 on several devices, and its FIRE blocks (run inside their "
+            "decoder layer's forward hook) and fusion module must share the backbone's device. Load on one device "
+            "(device_map='cuda:0' or 'cpu'); to shard a model too big for one GPU, train with DeepSpeed ZeRO-3 "
+            "(train/accelerate/zero3.yaml)."
+        )
+
+
 class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
     r"""
     MOON3 embedding model over a Qwen3-VL or Qwen2.5-VL backbone.
@@ -312,6 +326,11 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         self.head = Moon3ProjectionHead(hidden_size, config.embedding_dim)
         self._register_layer_hooks()
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        check_single_device_map(kwargs.get("device_map"))
+        return super().from_pretrained(*args, **kwargs)
 
     # ----- plumbing the backbone exposes
 
@@ -408,9 +427,11 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         )
         self._check_image_inputs(input_ids, pixel_values, image_grid_thw, past_length)
 
-        image_outputs = None
+        image_outputs = idle_vision = None
         if pixel_values is not None:
             image_outputs = self.backbone.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        elif past_length == 0 and self._vision_tower_is_partitioned():
+            idle_vision = self._idle_vision_pass(input_ids.device)
         needs_signals = past_length == 0 and (self.fusion is not None or self.fire is not None)
         signals = self._raw_signals(input_ids, token_mask, image_outputs) if needs_signals else None
         if raw_signals_sink is not None and signals is not None:
@@ -434,6 +455,8 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (B, L, D)
+        if idle_vision is not None:
+            hidden_states = hidden_states + 0.0 * idle_vision  # the vision tower takes part in the backward too
         if context is not None and context.captured is not None:
             signals.features = context.captured
 
@@ -465,6 +488,25 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
             has_emb_token=has_emb,
             raw_signals=signals,
         )
+
+    def _vision_tower_is_partitioned(self) -> bool:
+        # DeepSpeed ZeRO-3 marks the parameters it partitions with `ds_id`.
+        return hasattr(next(self.backbone.model.visual.parameters()), "ds_id")
+
+    def _idle_vision_pass(self, device) -> torch.Tensor:
+        """Run the vision tower on one blank minimal image and return a scalar (0-d) of its outputs.
+
+        Under ZeRO-3 every module's forward all-gathers its parameters with all processes: a text-only batch on one
+        process and images on another would otherwise call different collectives and hang."""
+        vision = self.config.vlm_config.vision_config
+        merge = vision.spatial_merge_size
+        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        dtype = next(self.backbone.model.visual.parameters()).dtype
+        pixel_values = torch.zeros(merge * merge, patch_dim, device=device, dtype=dtype)  # (merge^2, C*T*P*P)
+        grid = torch.tensor([[1, merge, merge]], device=device)
+        outputs = self.backbone.model.get_image_features(pixel_values, grid, return_dict=True)
+        parts = [*outputs.pooler_output, *[f for level in (outputs.get("deepstack_features") or []) for f in level]]
+        return sum(part.float().sum() for part in parts)
 
     def embed_states(self, emb_states: torch.Tensor, signals: Moon3RawSignals | None) -> torch.Tensor:
         """`<emb>` hidden states Tensor[B, D] -> embeddings Tensor[B, E] (fusion, projection, L2 norm)."""
@@ -600,6 +642,9 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
             **generate_kwargs,
         )
         reasoning = generated.sequences[:, prompt_length:]  # (B, T)
+        surplus = generated.cache.get_seq_length() - (prompt_length + max(reasoning.shape[1] - 1, 0))
+        if surplus > 0:  # synced_gpus (DeepSpeed ZeRO-3) keeps a finished process decoding: drop those positions
+            generated.cache.crop(-surplus)
         tail_ids, tail_mask, reasoning_mask = self._reasoning_tail(reasoning)  # (B, 3), (B, 3), (B, T)
         # The cache holds the prompt and every generated token but the last; feed that one plus the tail.
         full_mask = torch.cat([attention_mask, reasoning_mask[:, :-1], tail_mask], dim=1)  # (B, L + T + 2)

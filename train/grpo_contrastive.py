@@ -5,7 +5,7 @@ Launch:
     # tiny smoke run from a clean checkout (random tiny MOON3, synthetic catalogue): one CPU process, then two
     accelerate launch --config_file train/accelerate/cpu_1proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml
     accelerate launch --config_file train/accelerate/cpu_2proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml
-    # a real backbone on GPUs (after stage 1), DeepSpeed ZeRO-2, vLLM generation through TRL's option
+    # a real backbone on GPUs (after stage 1), DeepSpeed ZeRO-2 (not run here: no GPU; see docs/training.md)
     accelerate launch --config_file train/accelerate/zero2.yaml train/grpo_contrastive.py --config train/recipes/qwen3_vl_2b_grpo.yaml
 
 How this departs from textbook GRPO (DeepSeekMath):
@@ -17,7 +17,9 @@ How this departs from textbook GRPO (DeepSeekMath):
   come from the same forward pass as the token log-probabilities (MOON3 returns both), so the contrastive term costs
   no extra policy forward; the candidates carry no gradient (they were embedded while scoring).
 - Generation stops at `<emb>` instead of the tokenizer's end-of-sequence token.
-- Everything else (group-normalised advantages, clipping, KL with `--beta`, vLLM, DeepSpeed) is TRL's, unchanged.
+- Everything else (group-normalised advantages, clipping, KL with `--beta`, DeepSpeed) is TRL's, unchanged.
+- Rollouts use transformers' `generate` with MOON3's own forward; vLLM and continuous batching are refused
+  (they would not sample from the policy being trained, see `train.trainer.check_rollout_engine`).
 
 DDP: text-only data leaves the vision tower out of the step; the recipes set `ddp_find_unused_parameters: true`
 (the policy runs exactly one forward per backward, so this is safe), or pass `--freeze_vision_tower`.

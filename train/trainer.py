@@ -13,8 +13,9 @@ through `super()`) and the fused LM head of `_get_per_token_logps_and_entropies`
 (`model(..., labels=..., fused_lm_head=True).log_probs / .entropy`).
 
 The completions' embeddings for the rank reward are read during generation (`train/grpo_embedding.py`): the decode
-step that feeds a row's `<emb>` back has its hidden state; rows cut off or finishing on the last step get one extra
-decode step over the generation's cache. With vLLM it is one no-gradient forward over TRL's prompt ids + completions.
+step that feeds a row's `<emb>` back has its hidden state; one extra decode step over the generation's cache, run on
+every process every time (ZeRO-3 needs the same forwards everywhere), gives the rest. Rollouts use transformers'
+`generate` only: `use_vllm` and `use_transformers_continuous_batching` are refused (`check_rollout_engine`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from train.checkpointing import CheckpointMixin, EpochSeededRepeatSampler
 from train.contrastive_trainer import check_finite
 from train.data import clean_item, product_key
 from train.distributed import gather_no_grad
-from train.grpo_embedding import GenerationRecorder, completion_embeddings, forward_embeddings
+from train.grpo_embedding import GenerationRecorder, completion_embeddings
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 from train.rewards import moon3_reward_funcs, reasoning_lengths
 
@@ -150,6 +151,33 @@ def tiled_log_probs(
     return F.pad(log_probs, pad), F.pad(entropy, pad)
 
 
+
+def check_rollout_engine(args) -> None:
+    """Refuse rollout engines that would not sample from the policy being trained (a `ValueError` saying why).
+
+    - vLLM: it has no MOON3 architecture (it would load the bare Qwen-VL backbone), TRL syncs weights into it by
+      parameter name and MOON3's `backbone.model.*`, `fusion.*` and `fire.*` do not map onto vLLM's Qwen-VL names,
+      and a sampler without FIRE is not the policy whose log-probabilities GRPO trains.
+    - transformers' continuous batching (`use_transformers_continuous_batching`): TRL passes it the prompt token ids only (no
+      `pixel_values`, so image prompts would be sampled blind), it packs requests into one ragged sequence that MOON3's
+      per-row FIRE positions and raw signals do not describe, and it keeps no per-row cache for the `<emb>` readout.
+    """
+    if getattr(args, "use_vllm", False):
+        raise ValueError(
+            "use_vllm=True cannot sample from the MOON3 policy: vLLM has no MOON3 architecture, TRL syncs weights into "
+            "it by parameter name (MOON3's backbone.model.*, fusion.* and fire.* do not map onto vLLM's Qwen-VL), and a "
+            "policy without FIRE and fusion is not the policy being trained. Set use_vllm=false: rollouts then use "
+            "transformers' generate with MOON3's own forward (FIRE included)."
+        )
+    if getattr(args, "use_transformers_continuous_batching", False):
+        raise ValueError(
+            "use_transformers_continuous_batching=True is not supported by Moon3GRPOTrainer: TRL hands it only "
+            "the prompt token ids (image prompts would be sampled without their pixels), it packs rows into one "
+            "sequence that MOON3's FIRE positions do not describe, and it keeps no per-row cache for the <emb> "
+            "readout. Set use_transformers_continuous_batching=false."
+        )
+
+
 class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
     """GRPO with MOON3's rewards and a contrastive term on the completions' embeddings.
 
@@ -180,6 +208,7 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
         reward_funcs=None,
         **kwargs,
     ):
+        check_rollout_engine(args)  # before TRL's __init__, which would import and start vLLM
         config = model.config
         # Completions must end `reasoning</think><emb>`: stop generating at <emb>.
         model.generation_config.eos_token_id = config.emb_token_id
@@ -343,20 +372,14 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
         return (*outputs, images, tool_images)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
-        """TRL's generation, keeping the completions' embeddings for the rank reward (`train/grpo_embedding.py`): read
-        from the generation itself with transformers' `generate`, else one forward over the prompt ids TRL built."""
+        """TRL's generation (transformers' `generate`), keeping the completions' embeddings for the rank reward: read
+        from the generation itself plus one decode step that every process runs (`train/grpo_embedding.py`)."""
         model = self._policy_module()  # generate() runs on it: its forward hooks fire (a PeftModel's do not)
-        record = not (self.use_vllm or self.use_transformers_continuous_batching)
-        with GenerationRecorder(model) if record else contextlib.nullcontext() as recorder:
+        with GenerationRecorder(model) as recorder:
             completion_ids, logprobs = super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
             )
-            embeddings = completion_embeddings(model, recorder, completion_ids) if record else None
-        if embeddings is None:
-            embeddings = forward_embeddings(
-                model, prompt_ids, multimodal_fields, completion_ids, self.accelerator.device
-            )
-        self._completion_embeddings = embeddings
+            self._completion_embeddings = completion_embeddings(model, recorder, completion_ids)  # (B, E)
         return completion_ids, logprobs
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
