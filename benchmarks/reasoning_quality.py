@@ -245,13 +245,22 @@ def generate_completions(
 
 
 def embed_after_reasoning(
-    model, processor, side: str, items: list, reasonings: Sequence[str], batch_size: int, progress: Callable
+    model,
+    processor,
+    side: str,
+    items: list,
+    reasonings: Sequence[str],
+    batch_size: int,
+    progress: Callable,
+    token_hits: list | None = None,
 ):
     """Tensor[N, E]: each item embedded at `<emb>` after the GIVEN reasoning text, teacher-forced in one forward.
 
     The sequence is `reason-mode prompt + reasoning + "</think><emb>"`, tokenised exactly as stage 1 builds its
     SFT sequences (`train.data.Moon3PairCollator`), so the vector is the one the model would give had it
-    generated that reasoning.
+    generated that reasoning. With `token_hits` (a list), the same forward also scores the model's next-token
+    predictions over everything after `<think>` (the tokens stage 1's SFT loss is taken on): one list of
+    `(target token id, argmax right?, negative log-likelihood)` per item is appended.
     """
     import torch
 
@@ -264,10 +273,63 @@ def embed_after_reasoning(
         texts = [
             text + reasoning + "</think><emb>" for text, reasoning in zip(texts, reasonings[start:], strict=False)
         ]
-        batch = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
+        batch = _to_model(
+            processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"), model
+        )
         with torch.no_grad():
-            vectors.append(model(**_to_model(batch, model), return_embeddings=True).embeddings.float().cpu())
+            outputs = model(**batch, return_embeddings=True, logits_to_keep=0 if token_hits is not None else None)
+        vectors.append(outputs.embeddings.float().cpu())
+        if token_hits is not None:
+            token_hits.extend(_next_token_hits(outputs.logits, batch["input_ids"], model.config.think_token_id))
     return torch.cat(vectors) if vectors else torch.zeros(0, model.config.embedding_dim)
+
+
+def _next_token_hits(logits, input_ids, think_token_id: int) -> list[list[tuple[int, bool, float]]]:
+    """Per row: (target, argmax == target, -log p(target)) for every token after the row's last `<think>`."""
+    import torch
+
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, L - 1, V): prediction of token t + 1
+    targets = input_ids[:, 1:]  # (B, L - 1)
+    right = log_probs.argmax(dim=-1) == targets  # (B, L - 1)
+    nll = -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L - 1)
+    rows = []
+    for row in range(input_ids.shape[0]):
+        think_at = int((input_ids[row] == think_token_id).nonzero().max())
+        span = range(think_at, input_ids.shape[1] - 1)
+        rows.append([(int(targets[row, t]), bool(right[row, t]), float(nll[row, t])) for t in span])
+    return rows
+
+
+def teacher_forced_summary(token_hits: Sequence[list], tokenizer, config) -> dict:
+    """Next-token accuracy on the stage-1 targets, per token class, and the mean NLL (the SFT loss on this split).
+
+    Classes: field names (`audience`, ` colour`, ...), separators (`:`, `;`, `.`), `</think>`, `<emb>`, values
+    (the rest). `exact` is the share of items whose every target token is the model's argmax.
+    """
+    names = set()
+    for name in reasoning_field_names().values():
+        for text in (name, " " + name):
+            names.update(tokenizer(text, add_special_tokens=False)["input_ids"])
+    separators = {tokenizer.convert_tokens_to_ids(token) for token in (":", ";", ".")}
+
+    def token_class(token_id: int) -> str:
+        if token_id == config.think_end_token_id:
+            return "</think>"
+        if token_id == config.emb_token_id:
+            return "<emb>"
+        return "separator" if token_id in separators else "field name" if token_id in names else "value"
+
+    by_class: dict[str, list[bool]] = {}
+    for hits in token_hits:
+        for token_id, right, _ in hits:
+            by_class.setdefault(token_class(token_id), []).append(right)
+    all_nll = [nll for hits in token_hits for _, _, nll in hits]
+    return {
+        "accuracy": {name: mean([float(right) for right in values]) for name, values in sorted(by_class.items())},
+        "tokens": {name: len(values) for name, values in sorted(by_class.items())},
+        "mean_nll": mean(all_nll),
+        "exact": mean([float(all(right for _, right, _ in hits)) for hits in token_hits]),
+    }
 
 
 # --------------------------------------------------------------------------- the two measures
@@ -326,17 +388,24 @@ def topk_colour_counts(query_vectors, gallery_vectors, gallery_colours, own_inde
 
 
 def sensitivity(
-    embed: Callable, reasonings: Sequence[str], gallery_vectors, gallery_colours, swap_colours, seed: int
+    embed: Callable,
+    reasonings: Sequence[str],
+    gallery_vectors,
+    gallery_colours,
+    swap_colours,
+    seed: int,
+    own_vectors=None,
 ) -> dict:
     """Cosines (a, b), (a, c) and the share of items whose top 10 gains swapped-in-colour products under (c).
 
     `embed(indices, texts)` embeds items `indices` after `texts` (Tensor[len, E], unit length). Item i's own
-    product is gallery row i.
+    product is gallery row i. `own_vectors` (Tensor[Q, E]) are the vectors after each item's own reasoning when
+    they were already computed.
     """
     field_names = reasoning_field_names()
     rng = random.Random(seed)
     count = len(reasonings)
-    own = embed(list(range(count)), list(reasonings))  # (Q, E)
+    own = embed(list(range(count)), list(reasonings)) if own_vectors is None else own_vectors  # (Q, E)
     others = [pick_other(i, reasonings, rng) for i in range(count)]
     with_other = [i for i, j in enumerate(others) if j is not None]
     cos_other = []
@@ -421,6 +490,18 @@ def markdown_report(results: dict) -> str:
                 f"{_fmt(row['cos_own_swapped'])} | {_fmt(row['swapped_colour_rises'])} | "
                 f"{_fmt(row['swapped_colour_in_top10_own'], 2)} → {_fmt(row['swapped_colour_in_top10_swapped'], 2)} |"
             )
+    lines += [
+        "",
+        "Teacher-forced on the stage-1 reasoning target (`prompt<think>target</think><emb>`): next-token accuracy",
+        "per token class, mean NLL over the target (the SFT loss on this split), share of items all right.",
+        "",
+        "| kind | field name | separator | value | `</think>` | `<emb>` | mean NLL | all right |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, row in results.get("teacher_forced", {}).items():
+        accuracy = row["accuracy"]
+        cells = [_fmt(accuracy.get(name)) for name in ("field name", "separator", "value", "</think>", "<emb>")]
+        lines.append(f"| {kind} | " + " | ".join(cells) + f" | {_fmt(row['mean_nll'], 2)} | {_fmt(row['exact'])} |")
     lines += ["", "Greedy reasoning, first items of each kind:", ""]
     for kind, examples in results["examples"].items():
         for example in examples:
@@ -487,6 +568,7 @@ def evaluate(model, processor, data, kinds=KINDS, limit=0, max_new_tokens=None, 
     gallery = embed_direct(model, processor, gallery_items, batch_size, bar("gallery (direct)"))
 
     quality, sensitivity_rows, examples, records = {}, {source: {} for source in SOURCES}, {}, []
+    teacher_forced = {}
     for kind in kinds:
         side, items = items_of_kind(products, kind, data.root)
         completions = generate_completions(model, processor, side, items, budget, batch_size, bar(f"{kind}: generate"))
@@ -497,14 +579,20 @@ def evaluate(model, processor, data, kinds=KINDS, limit=0, max_new_tokens=None, 
         texts = {"generated": [r["reasoning"] for r in kind_records], "gold": [gold_reasoning(g) for g in golds]}
         for source in SOURCES:
 
-            def embed(indices, reasonings, side=side, items=items, source=source, kind=kind):
+            def embed(indices, reasonings, side=side, items=items, source=source, kind=kind, token_hits=None):
                 chosen = [items[i] for i in indices]
+                desc = f"{kind}: embed after {source}"
                 return embed_after_reasoning(
-                    model, processor, side, chosen, reasonings, batch_size, bar(f"{kind}: embed after {source}")
+                    model, processor, side, chosen, reasonings, batch_size, bar(desc), token_hits
                 )
 
+            own_vectors = None
+            if source == "gold":  # the pass after the gold target also scores the model's next-token predictions
+                token_hits = []
+                own_vectors = embed(list(range(len(items))), texts["gold"], token_hits=token_hits)
+                teacher_forced[kind] = teacher_forced_summary(token_hits, processor.tokenizer, config)
             sensitivity_rows[source][kind] = sensitivity(
-                embed, texts[source], gallery, gallery_colours, swap_colours, seed
+                embed, texts[source], gallery, gallery_colours, swap_colours, seed, own_vectors
             )
         logger.info(
             "%s: well formed %.3f, colour accuracy %s", kind, quality[kind]["well_formed"],
@@ -514,6 +602,7 @@ def evaluate(model, processor, data, kinds=KINDS, limit=0, max_new_tokens=None, 
         "quality": quality,
         "majority": majority_rates(golds),
         "sensitivity": sensitivity_rows,
+        "teacher_forced": teacher_forced,
         "examples": examples,
         "settings": {
             "items_per_kind": len(products),

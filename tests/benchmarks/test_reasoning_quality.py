@@ -260,3 +260,27 @@ def test_pick_other_never_picks_the_item_itself():
     for index in range(4):
         other = pick_other(index, texts, rng)
         assert other != index and texts[other] != texts[index]
+
+
+def test_teacher_forced_scoring_on_hand_built_logits(tiny_tokenizer):
+    """Logits that predict every target token but `<emb>`: field name and separator right, `<emb>` wrong."""
+    from benchmarks.reasoning_quality import _next_token_hits, teacher_forced_summary
+
+    tokenizer = tiny_tokenizer
+    think, think_end, emb = (tokenizer.convert_tokens_to_ids(t) for t in ("<think>", "</think>", "<emb>"))
+    field = tokenizer("audience", add_special_tokens=False)["input_ids"]
+    colon = tokenizer.convert_tokens_to_ids(":")
+    ids = [think, think, *field, colon, think_end, emb]  # the last <think> opens the target
+    input_ids = torch.tensor([ids])
+    logits = torch.zeros(1, len(ids), len(tokenizer))
+    for position in range(len(ids) - 1):
+        logits[0, position, ids[position + 1]] = 10.0
+    logits[0, len(ids) - 2, emb] = -10.0  # after </think> the model does not predict <emb>
+    hits = _next_token_hits(logits, input_ids, think)
+    expected = [(token, True) for token in field] + [(colon, True), (think_end, True), (emb, False)]
+    assert [(token, right) for token, right, _ in hits[0]] == expected
+    config = SimpleNamespace(think_end_token_id=think_end, emb_token_id=emb)
+    summary = teacher_forced_summary(hits, tokenizer, config)
+    assert summary["accuracy"] == {"</think>": 1.0, "<emb>": 0.0, "field name": 1.0, "separator": 1.0}
+    assert summary["exact"] == 0.0
+    assert summary["mean_nll"] > 0
