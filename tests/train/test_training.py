@@ -59,6 +59,7 @@ def perturb_zero_init(model):
             block.gamma.fill_(0.1)
 
 
+@pytest.mark.slow
 def test_grad_cached_gradient_equals_full_batch_gradient(tiny_tokenizer, tmp_path):
     rows = synthetic_rows(4)
     grads = {}
@@ -76,6 +77,7 @@ def test_grad_cached_gradient_equals_full_batch_gradient(tiny_tokenizer, tmp_pat
         torch.testing.assert_close(grads[3][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_stage1_overfitting_raises_retrieval_accuracy(tiny_tokenizer, tmp_path):
     rows = synthetic_rows(8)
     model, processor = build_tiny(tiny_tokenizer)
@@ -167,6 +169,7 @@ def grpo_trainer(model, processor, rows, tmp_path, **overrides):
     )
 
 
+@pytest.mark.slow
 def test_stage2_overfitting_raises_retrieval_accuracy_and_logs_each_term(tiny_tokenizer, tmp_path):
     rows = synthetic_rows(8)
     model, processor = build_tiny(tiny_tokenizer)
