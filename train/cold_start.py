@@ -31,6 +31,23 @@ def make_parser():
     return TrlParser((Moon3ScriptArguments, Moon3ContrastiveConfig, ModelConfig))
 
 
+def parse_args(argv: list[str] | None = None):
+    """(script args, training args, model args); `--help` is short (MOON3 options first), `--help-all` is TRL's."""
+    from train.cli import parse_training_args
+    from train.config import Moon3ContrastiveConfig, Moon3ScriptArguments
+
+    return parse_training_args(
+        make_parser(),
+        argv,
+        script="train/cold_start.py",
+        summary="Stage 1, cold start: trains a MOON3 checkpoint with InfoNCE between queries and products plus a weighted SFT loss on reasoning targets.",
+        examples=[
+            "accelerate launch --config_file train/accelerate/cpu_1proc.yaml train/cold_start.py --config train/recipes/tiny_cold_start.yaml",
+        ],
+        moon3_classes=[Moon3ScriptArguments, Moon3ContrastiveConfig],
+    )
+
+
 def load_rows(script_args):
     """The training rows as a `datasets.Dataset` (validated files, or the synthetic catalogue)."""
     from datasets import Dataset
@@ -94,7 +111,7 @@ def save_loadable(trainer, processor, output_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    script_args, training_args, model_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from train.contrastive_trainer import Moon3ContrastiveTrainer
     from train.data import Moon3PairCollator

@@ -44,8 +44,25 @@ def make_parser():
     return TrlParser((Moon3ScriptArguments, Moon3GRPOConfig, ModelConfig))
 
 
+def parse_args(argv: list[str] | None = None):
+    """(script args, training args, model args); `--help` is short (MOON3 options first), `--help-all` is TRL's."""
+    from train.cli import parse_training_args
+    from train.config import Moon3GRPOConfig, Moon3ScriptArguments
+
+    return parse_training_args(
+        make_parser(),
+        argv,
+        script="train/grpo_contrastive.py",
+        summary="Stage 2: trains a MOON3 checkpoint with TRL's GRPO (retrieval-rank, format and length rewards on the generated reasoning) plus InfoNCE on the completions' embeddings.",
+        examples=[
+            "accelerate launch --config_file train/accelerate/cpu_1proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml",
+        ],
+        moon3_classes=[Moon3ScriptArguments, Moon3GRPOConfig],
+    )
+
+
 def main(argv: list[str] | None = None):
-    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    script_args, training_args, model_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from train.cold_start import build_model, load_rows, save_loadable
     from train.data import to_grpo_dataset

@@ -26,7 +26,9 @@ class RetrievalTask(Task):
     family = "retrieval"
     primary_metric = "ndcg@10"
     metric_names = (
-        tuple(f"recall@{k}" for k in CURVE_KS) + tuple(f"recall_uncapped@{k}" for k in CURVE_KS) + ("mrr", "ndcg@10", "map")
+        tuple(f"recall@{k}" for k in CURVE_KS)
+        + tuple(f"recall_uncapped@{k}" for k in CURVE_KS)
+        + ("mrr", "ndcg@10", "map")
     )
 
     def __init__(self, data: BenchData, query_set: str, **kwargs):

@@ -134,7 +134,10 @@ def test_retrieval_metrics_agree_with_ranx(name):
     ranks = positive_ranks(scores, positives)
     qrels = Qrels({f"q{row}": {f"d{p}": 1 for p in pos} for row, pos in enumerate(positives)})
     run = Run(
-        {f"q{row}": {f"d{col}": float(strict[row, col]) for col in range(strict.shape[1])} for row in range(len(strict))}
+        {
+            f"q{row}": {f"d{col}": float(strict[row, col]) for col in range(strict.shape[1])}
+            for row in range(len(strict))
+        }
     )
     theirs = evaluate(qrels, run, ["recall@1", "recall@5", "recall@10", "mrr", "ndcg@10", "map"], make_comparable=True)
     for k in (1, 5, 10):
