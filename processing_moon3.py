@@ -29,17 +29,6 @@ PRODUCT_KEYS = frozenset({"id", "title", "attributes", "description", "images", 
 QUERY_KEYS = frozenset({"text", "image", "images"})
 MODES = ("direct", "reason")
 
-# Reasoning-target phrasing: one place, used by SFT data builders and by anyone inspecting reasoning.
-REASONING_FIELD_NAMES = {
-    "gender": "audience",
-    "masterCategory": "category",
-    "subCategory": "sub-category",
-    "articleType": "type",
-    "baseColour": "colour",
-    "season": "season",
-    "usage": "usage",
-}
-
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
@@ -211,12 +200,14 @@ class Moon3Processor(ProcessorMixin):
         return self._product_parts(product, index, load_images=False)[0]
 
     @staticmethod
-    def format_reasoning(attributes: Mapping[str, Any]) -> str:
-        """A reasoning target written from attributes, e.g. `"type: Shirts; colour: Navy Blue."`.
+    def format_reasoning(attributes: Mapping[str, Any], field_names: Mapping[str, str] | None = None) -> str:
+        """A reasoning target written from attributes, e.g. `"articleType: Shirts; baseColour: Navy Blue."`;
+        `field_names` renames keys (the catalogue's own phrasing, e.g. `{"articleType": "type"}`).
 
         Stage-1 SFT uses it as the text between `<think>` and `</think>`.
         """
-        parts = [f"{REASONING_FIELD_NAMES.get(key, key)}: {_value_text(value)}" for key, value in attributes.items()]
+        names = field_names or {}
+        parts = [f"{names.get(key, key)}: {_value_text(value)}" for key, value in attributes.items()]
         return "; ".join(parts) + ("." if parts else "")
 
     def load_image(self, source: Any, field: str = "image") -> Image.Image:
