@@ -1,7 +1,7 @@
 """Command line of the training scripts: a short `--help` (what the script does, an example launch, `--config`, the
 MOON3 options, the common TRL/transformers ones) and `--help-all` for TRL's full list of 1,000+ options.
 
-    >>> args = parse_training_args(make_parser(), argv, script="train/cold_start.py", ...)  # doctest: +SKIP
+    >>> args = parse_training_args(make_parser(), argv, script="-m train.cold_start", ...)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 Launch:
 
     # tiny smoke run from a clean checkout (random tiny MOON3, synthetic catalogue): one CPU process, then two
-    accelerate launch --config_file train/accelerate/cpu_1proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml
-    accelerate launch --config_file train/accelerate/cpu_2proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml
+    accelerate launch --config_file train/accelerate/cpu_1proc.yaml -m train.grpo_contrastive --config train/recipes/tiny_grpo.yaml
+    accelerate launch --config_file train/accelerate/cpu_2proc.yaml -m train.grpo_contrastive --config train/recipes/tiny_grpo.yaml
     # a real backbone on GPUs (after stage 1), DeepSpeed ZeRO-2, vLLM generation through TRL's option
-    accelerate launch --config_file train/accelerate/zero2.yaml train/grpo_contrastive.py --config train/recipes/qwen3_vl_2b_grpo.yaml
+    accelerate launch --config_file train/accelerate/zero2.yaml -m train.grpo_contrastive --config train/recipes/qwen3_vl_2b_grpo.yaml
 
 How this departs from textbook GRPO (DeepSeekMath):
 - The reward is not a verifier's verdict but how well the reasoning helps the embedding retrieve: each completion
@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-# Run as a script (`accelerate launch train/grpo_contrastive.py`): make `train` importable.
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: its imports would not resolve, and no script edits sys.path
+    raise SystemExit(
+        "Run train/grpo_contrastive.py as a module from the repo root: `accelerate launch ... -m train.grpo_contrastive ...` "
+        "(or `python -m train.grpo_contrastive ...`)."
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +53,10 @@ def parse_args(argv: list[str] | None = None):
     return parse_training_args(
         make_parser(),
         argv,
-        script="train/grpo_contrastive.py",
+        script="-m train.grpo_contrastive",
         summary="Stage 2: trains a MOON3 checkpoint with TRL's GRPO (retrieval-rank, format and length rewards on the generated reasoning) plus InfoNCE on the completions' embeddings.",
         examples=[
-            "accelerate launch --config_file train/accelerate/cpu_1proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml",
+            "accelerate launch --config_file train/accelerate/cpu_1proc.yaml -m train.grpo_contrastive --config train/recipes/tiny_grpo.yaml",
         ],
         moon3_classes=[Moon3ScriptArguments, Moon3GRPOConfig],
     )
@@ -64,8 +65,8 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None):
     script_args, training_args, model_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from train.cold_start import build_model, load_rows, save_loadable
     from train.data import to_grpo_dataset
+    from train.stage_setup import build_model, load_rows, save_loadable
     from train.trainer import Moon3GRPOTrainer
 
     rows = load_rows(script_args)

@@ -20,7 +20,7 @@ def test_short_help_leads_with_the_purpose_an_example_and_the_moon3_options(modu
     lines = text.splitlines()
     assert lines[0].startswith("usage: accelerate launch") and "--config RECIPE.yaml" in lines[0]
     assert lines[2].startswith("Stage ")  # what it does, right after the usage line
-    assert "Example:" in text and f"{module.replace('.', '/')}.py --config train/recipes/tiny_" in text
+    assert "Example:" in text and f"-m {module} --config train/recipes/tiny_" in text
     assert text.index("MOON3 options") < text.index(moon3_option) < text.index("common TRL / transformers options")
     assert text.index("--dataset_name") < text.index("--model_name_or_path")
     assert "--help-all" in text and len(lines) < 200

@@ -28,7 +28,7 @@ def free_port() -> int:
 
 
 def launch(
-    config: str, script: str, recipe: str, *extra: str, timeout: int = HANG_GUARD_S
+    config: str, module: str, recipe: str, *extra: str, timeout: int = HANG_GUARD_S
 ) -> subprocess.CompletedProcess:
     command = [
         ACCELERATE,
@@ -37,7 +37,8 @@ def launch(
         f"train/accelerate/{config}",
         "--main_process_port",
         str(free_port()),
-        script,
+        "-m",
+        module,
         "--config",
         recipe,
         *extra,
@@ -58,7 +59,7 @@ def final_step(output_dir: Path) -> int:
 def test_tiny_grpo_recipe_runs(config, tmp_path):
     launch(
         config,
-        "train/grpo_contrastive.py",
+        "train.grpo_contrastive",
         "train/recipes/tiny_grpo.yaml",
         "--output_dir",
         str(tmp_path),
@@ -72,7 +73,7 @@ def test_tiny_grpo_recipe_runs(config, tmp_path):
 def test_tiny_cold_start_recipe_runs_on_two_processes(tmp_path):
     launch(
         "cpu_2proc.yaml",
-        "train/cold_start.py",
+        "train.cold_start",
         "train/recipes/tiny_cold_start.yaml",
         "--output_dir",
         str(tmp_path),
@@ -98,7 +99,8 @@ def test_killed_run_resumes_to_the_same_final_step(tmp_path):
         "launch",
         "--config_file",
         "train/accelerate/cpu_1proc.yaml",
-        "train/grpo_contrastive.py",
+        "-m",
+        "train.grpo_contrastive",
         "--config",
         "train/recipes/tiny_grpo.yaml",
         *recipe,
@@ -126,7 +128,7 @@ def test_killed_run_resumes_to_the_same_final_step(tmp_path):
     assert last is not None and int(last.rsplit("-", 1)[1]) == 4
     launch(
         "cpu_1proc.yaml",
-        "train/grpo_contrastive.py",
+        "train.grpo_contrastive",
         "train/recipes/tiny_grpo.yaml",
         *recipe,
         "--resume_from_checkpoint",
