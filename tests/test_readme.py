@@ -29,7 +29,7 @@ def run_readme_example(marker: str) -> str:
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=1800,  # a hang guard only, not a speed limit
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
