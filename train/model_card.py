@@ -73,7 +73,6 @@ def metadata(name: str, reference: dict, base_model: str | None) -> dict:
         "pipeline_tag": "feature-extraction",
         "tags": ["e-commerce", "multimodal-embedding", "sentence-transformers", "qwen3-vl", "custom_code"],
         "datasets": [FASHION_DATASET],
-        "metrics": ["ndcg_at_10", "accuracy"],
     }
     if base_model:
         meta["base_model"] = base_model
