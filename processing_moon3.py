@@ -54,17 +54,6 @@ DEFAULT_ADDED_TOKENS = (
 # plain characters: "<emb>" in a title becomes "<\u200bemb>" (ZERO WIDTH SPACE), never the control token.
 TOKEN_ESCAPE = "\u200b"
 
-# Reasoning-target phrasing: one place, used by SFT data builders and by anyone inspecting reasoning.
-REASONING_FIELD_NAMES = {
-    "gender": "audience",
-    "masterCategory": "category",
-    "subCategory": "sub-category",
-    "articleType": "type",
-    "baseColour": "colour",
-    "season": "season",
-    "usage": "usage",
-}
-
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
@@ -311,15 +300,18 @@ class Moon3Processor(ProcessorMixin):
         return self._product_parts(product, _item_field("document", index, product), load_images=False)[0]
 
     @staticmethod
-    def format_reasoning(attributes: Mapping[str, Any], field: str = "attributes") -> str:
-        """A reasoning target written from attributes, e.g. `"type: Shirts; colour: Navy Blue."`.
+    def format_reasoning(
+        attributes: Mapping[str, Any], field_names: Mapping[str, str] | None = None, field: str = "attributes"
+    ) -> str:
+        """A reasoning target written from attributes, e.g. `"articleType: Shirts; baseColour: Navy Blue."`;
+        `field_names` renames keys (the catalogue's own phrasing, e.g. `{"articleType": "type"}`).
 
         Stage-1 SFT uses it as the text between `<think>` and `</think>`. Values follow the attribute rules of
         `attribute_text`; special-token strings in them are escaped.
         """
+        names = field_names or {}
         parts = [
-            f"{REASONING_FIELD_NAMES.get(key, key)}: {attribute_text(value, f'{field}[{key!r}]')}"
-            for key, value in attributes.items()
+            f"{names.get(key, key)}: {attribute_text(value, f'{field}[{key!r}]')}" for key, value in attributes.items()
         ]
         return escape_special_tokens("; ".join(parts) + ("." if parts else ""), DEFAULT_ADDED_TOKENS)
 

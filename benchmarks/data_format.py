@@ -7,7 +7,7 @@ Layout (format version 1; benchmarks/README.md is the reference)::
     <dir>/products.jsonl           {"id", "title", "attributes": {k: v}, "images": [path], "category": [level, ...],
                                     "description"?, "group"?}
     <dir>/queries/<name>.jsonl     {"id", "text"?, "image"?, "product_id"?, "positives": [product id, ...]}
-    <dir>/labels/<name>.jsonl      {"product_id", "label"}
+    <dir>/labels/<name>.jsonl      {"product_id", "label"}, or a query item {"id", "text"?, "image"?, "label"}
 
 Image paths are relative to the folder and must stay inside it (absolute paths and `..` that leave the folder are
 refused; a symlink placed in the folder is the folder owner's choice and is followed). Every error names the file,
@@ -47,6 +47,8 @@ VIEW_MODALITIES = {
     "image": {"image"},
 }
 LABEL_KINDS = ("category", "attribute")
+# The view of a label set whose rows are query items (text, image or both, with an id) rather than products.
+LABEL_ITEM_VIEW = "query"
 
 
 class DataFormatError(ValueError):
@@ -80,6 +82,7 @@ class LabelSet:
     rows: list[dict]
     classes: list[str]
     description: str = ""
+    templates: list[str] | None = None  # the manifest's prompt templates ("{label}" placeholder), else built-in
 
 
 @dataclass
@@ -282,20 +285,36 @@ def _load_label_set(data: BenchData, name: str, spec: dict) -> LabelSet:
     where = f"manifest.json label_sets.{name}"
     if spec.get("kind") not in LABEL_KINDS:
         _fail(where, None, "kind", f"got {spec.get('kind')!r}", f"use one of {list(LABEL_KINDS)}")
-    views = spec.get("views", ["image"])
-    if not isinstance(views, list) or not views or any(v not in VIEWS for v in views):
-        _fail(where, None, "views", f"got {views!r}", f"use a non-empty list drawn from {list(VIEWS)}")
-    rows = []
+    rows, line_numbers = [], []
     for row, r in _read_jsonl(data.root, spec["file"]):
-        pid = _need_str(spec["file"], row, r, "product_id")
         _need_str(spec["file"], row, r, "label")
-        if pid not in data.index:
-            _fail(spec["file"], row, "product_id", f"unknown product {pid!r}", "use an id from products.jsonl")
-        if "image" in views:
-            _need_image(spec["file"], row, data.products[data.index[pid]], "product_id", "image")
+        if r.get("product_id") is not None or not ("text" in r or "image" in r):
+            pid = _need_str(spec["file"], row, r, "product_id")
+            if pid not in data.index:
+                _fail(spec["file"], row, "product_id", f"unknown product {pid!r}", "use an id from products.jsonl")
+        else:
+            _validate_label_item(spec["file"], row, r, data.root)
         rows.append(r)
+        line_numbers.append(row)
     if not rows:
         _fail(spec["file"], None, "file", "the label file holds no row", "write labels into it or drop the set")
+    item_rows = sum(r.get("product_id") is None for r in rows)
+    if 0 < item_rows < len(rows):
+        _fail(where, None, "file", "rows mix products and query items", "put query items in a label set of their own")
+    views = spec.get("views", [LABEL_ITEM_VIEW] if rows and item_rows == len(rows) else ["image"])
+    allowed = [LABEL_ITEM_VIEW] if rows and item_rows == len(rows) else list(VIEWS)
+    if not isinstance(views, list) or not views or any(v not in allowed for v in views):
+        _fail(where, None, "views", f"got {views!r}", f"use a non-empty list drawn from {allowed} for these rows")
+    if "image" in views and not item_rows:
+        for row, r in zip(line_numbers, rows):
+            _need_image(spec["file"], row, data.products[data.index[r["product_id"]]], "product_id", "image")
+    templates = spec.get("templates")
+    if templates is not None and (
+        not isinstance(templates, list)
+        or not templates
+        or not all(isinstance(t, str) and "{label}" in t for t in templates)
+    ):
+        _fail(where, None, "templates", f"got {templates!r}", 'give a list of strings with "{label}", or leave it out')
     classes = spec.get("classes") or sorted({r["label"] for r in rows})
     unknown = {r["label"] for r in rows} - set(classes)
     if unknown:
@@ -307,7 +326,19 @@ def _load_label_set(data: BenchData, name: str, spec: dict) -> LabelSet:
         rows=rows,
         classes=list(classes),
         description=spec.get("description", ""),
+        templates=templates,
     )
+
+
+def _validate_label_item(file, row, r, root: Path) -> None:
+    """A label row that is a query item: an id and a text, an image or both."""
+    _need_str(file, row, r, "id")
+    text = _need_str(file, row, r, "text", optional=True)
+    image = _need_str(file, row, r, "image", optional=True)
+    if text is None and image is None:
+        _fail(file, row, "text", "the row has no text, image or product_id", "give at least one of them")
+    if image is not None:
+        _check_image_path(file, row, "image", image, root, check_files=True)
 
 
 def data_hash(root: Path, manifest: dict, products: list[dict]) -> str:

@@ -6,7 +6,7 @@ project's machines (no GPU). On the CPU it stops with a message saying so.
     python -m benchmarks.gpu_distributed_check --sizes tiny --stages 3 --steps 2 --out runs/gpu_check.json
 
 Each run: `accelerate launch --config_file train/accelerate/zero{2,3}.yaml --num_processes P` on the tiny recipes of
-`train/cold_start.py` (gradient caching on: `--embedding_chunk_size 4`) and `train/grpo_contrastive.py`, with
+`-m train.cold_start` (gradient caching on: `--embedding_chunk_size 4`) and `-m train.grpo_contrastive`, with
 `--random_model tiny|mini`, bf16, `--max_steps`. It records the exit code, wall time, the final logged losses and the
 last lines of stderr of each run, prints a table and writes the JSON (atomically) if `--out` is given.
 """
@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger(__name__)
 STAGES = {
-    "cold_start": ("train/cold_start.py", "train/recipes/tiny_cold_start.yaml", ["--embedding_chunk_size", "4"]),
-    "grpo": ("train/grpo_contrastive.py", "train/recipes/tiny_grpo.yaml", []),
+    "cold_start": ("train.cold_start", "train/recipes/tiny_cold_start.yaml", ["--embedding_chunk_size", "4"]),
+    "grpo": ("train.grpo_contrastive", "train/recipes/tiny_grpo.yaml", []),
 }
 
 
@@ -48,7 +48,7 @@ def run_one(stage_name: str, zero: int, size: str, args, processes: int, workdir
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", f"train/accelerate/zero{zero}.yaml", "--num_processes", str(processes),
-        script, "--config", recipe,
+        "-m", script, "--config", recipe,
         "--random_model", size, "--use_cpu", "false", "--bf16", "true", "--max_steps", str(args.steps),
         "--logging_steps", "1", "--save_strategy", "no", "--output_dir", str(output_dir), *extra,
     ]  # fmt: skip

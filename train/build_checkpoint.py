@@ -206,8 +206,6 @@ def build_random(
     processor = Moon3Processor(
         image_processor=build_image_processor(family, min_pixels=min(64 * 64, max_pixels), max_pixels=max_pixels),
         tokenizer=tokenizer,
-        product_instruction=config.product_instruction,
-        query_instruction=config.query_instruction,
     )
     return model, processor
 
@@ -262,8 +260,6 @@ def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
     processor = Moon3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        product_instruction=config.product_instruction,
-        query_instruction=config.query_instruction,
     )
     return model, processor
 

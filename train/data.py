@@ -44,6 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from train.build_tokenizer import MOON3_TOKENS
+from train.fashion import fashion_reasoning
+
 logger = logging.getLogger(__name__)
 
 FASHION_ATTRIBUTES = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
@@ -524,8 +527,8 @@ class Moon3PairCollator:
         self.chunk_size = chunk_size
         self.num_hard_negatives = num_hard_negatives
         tokenizer = processor.tokenizer
-        self.think_token_id = tokenizer.convert_tokens_to_ids("<think>")
-        self.closing_text = "</think><emb>"
+        self.think_token_id = tokenizer.convert_tokens_to_ids(MOON3_TOKENS["think"])
+        self.closing_text = MOON3_TOKENS["think_end"] + MOON3_TOKENS["emb"]
 
     def __call__(self, rows: list[dict]) -> dict:
         import torch
@@ -639,7 +642,6 @@ def fashion_rows(
     queries, those the query names for attribute queries. Hard negatives share the product's article type but
     differ in colour or audience.
     """
-    from train.moon3_code import Moon3Processor
 
     rng = random.Random(seed)
     kinds = set(kinds)
@@ -677,7 +679,7 @@ def fashion_rows(
 
     rows = []
     for product in products:
-        reasoning = Moon3Processor.format_reasoning(product["attributes"])
+        reasoning = fashion_reasoning(product["attributes"])
         if "title" in kinds and product["title"]:
             rows.append(row({"text": product["title"]}, product, reasoning))
         if "image" in kinds and product.get("images"):
@@ -691,7 +693,7 @@ def fashion_rows(
         for values, members in sorted(groups.items()):
             named = dict(zip(QUERY_ATTRIBUTES, values, strict=True))
             text = " ".join(value.lower() for value in values)
-            reasoning = Moon3Processor.format_reasoning(named)
+            reasoning = fashion_reasoning(named)
             for product in rng.sample(members, min(max_per_attribute_query, len(members))):
                 rows.append(row({"text": text}, product, reasoning))
     return rows
@@ -728,7 +730,6 @@ def synthetic_rows(num_rows: int = 64, seed: int = 0) -> list[dict]:
 
     It needs no files, so that tests and the tiny recipe run from a clean checkout.
     """
-    from train.moon3_code import Moon3Processor
 
     if num_rows < 1:
         raise ValueError(f"num_rows must be >= 1, got {num_rows}.")
@@ -745,9 +746,7 @@ def synthetic_rows(num_rows: int = 64, seed: int = 0) -> list[dict]:
             "attributes": attributes,
         }
         query = f"{gender.lower()} {colour.lower()} {kind.lower()}"
-        rows.append(
-            {"query": {"text": query}, "positive": product, "reasoning": Moon3Processor.format_reasoning(attributes)}
-        )
+        rows.append({"query": {"text": query}, "positive": product, "reasoning": fashion_reasoning(attributes)})
     return rows
 
 

@@ -3,10 +3,10 @@
 Launch:
 
     # tiny smoke run from a clean checkout (random tiny MOON3, synthetic catalogue): one CPU process, then two
-    accelerate launch --config_file train/accelerate/cpu_1proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml
-    accelerate launch --config_file train/accelerate/cpu_2proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml
+    accelerate launch --config_file train/accelerate/cpu_1proc.yaml -m train.grpo_contrastive --config train/recipes/tiny_grpo.yaml
+    accelerate launch --config_file train/accelerate/cpu_2proc.yaml -m train.grpo_contrastive --config train/recipes/tiny_grpo.yaml
     # a real backbone on GPUs (after stage 1), DeepSpeed ZeRO-2 (not run here: no GPU; see docs/training.md)
-    accelerate launch --config_file train/accelerate/zero2.yaml train/grpo_contrastive.py --config train/recipes/qwen3_vl_2b_grpo.yaml
+    accelerate launch --config_file train/accelerate/zero2.yaml -m train.grpo_contrastive --config train/recipes/qwen3_vl_2b_grpo.yaml
 
 How this departs from textbook GRPO (DeepSeekMath):
 - The reward is not a verifier's verdict but how well the reasoning helps the embedding retrieve: each completion
@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-# Run as a script (`accelerate launch train/grpo_contrastive.py`): make `train` importable.
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: its imports would not resolve, and no script edits sys.path
+    raise SystemExit(
+        "Run train/grpo_contrastive.py as a module from the repo root: `accelerate launch ... -m train.grpo_contrastive ...` "
+        "(or `python -m train.grpo_contrastive ...`)."
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,31 @@ def make_parser():
     return TrlParser((Moon3ScriptArguments, Moon3GRPOConfig, ModelConfig))
 
 
+def parse_args(argv: list[str] | None = None):
+    """(script args, training args, model args); `--help` is short (MOON3 options first), `--help-all` is TRL's."""
+    from train.cli import parse_training_args
+    from train.config import Moon3GRPOConfig, Moon3ScriptArguments
+
+    return parse_training_args(
+        make_parser(),
+        argv,
+        script="-m train.grpo_contrastive",
+        summary="Stage 2: trains a MOON3 checkpoint with TRL's GRPO (retrieval-rank, format and length rewards on the generated reasoning) plus InfoNCE on the completions' embeddings.",
+        examples=[
+            "accelerate launch --config_file train/accelerate/cpu_1proc.yaml -m train.grpo_contrastive --config train/recipes/tiny_grpo.yaml",
+        ],
+        moon3_classes=[Moon3ScriptArguments, Moon3GRPOConfig],
+    )
+
+
 def main(argv: list[str] | None = None):
-    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    script_args, training_args, model_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from train.checkpointing import die_with_parent
 
     die_with_parent()  # `kill -9` of `accelerate launch` stops this process too
-    from train.cold_start import build_model, check_rows, load_rows, save_loadable
     from train.data import records_to_dataset, to_grpo_dataset
+    from train.stage_setup import build_model, check_rows, load_rows, save_loadable
     from train.trainer import Moon3GRPOTrainer
 
     records, rejects = load_rows(script_args)  # schema checks; then every row built with the processor before step 1

@@ -151,7 +151,6 @@ def tiled_log_probs(
     return F.pad(log_probs, pad), F.pad(entropy, pad)
 
 
-
 def check_rollout_engine(args) -> None:
     """Refuse rollout engines that would not sample from the policy being trained (a `ValueError` saying why).
 

@@ -56,6 +56,7 @@ def test_minilm_is_text_only_and_reports_na_for_images(tiny_fashion):
     assert metrics["fashion/retrieval/text2product/recall@10"] > 0.5
 
 
+@pytest.mark.slow
 def test_moon3_through_sentence_transformers_runs_image_tasks_and_matches_its_own_encode(
     tiny_fashion, tiny_checkpoint
 ):

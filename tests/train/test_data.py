@@ -120,12 +120,12 @@ def test_grpo_prompt_of_an_image_only_query_holds_just_the_image(tiny_model, tmp
 @pytest.mark.skipif(not (FASHION_DIR / "products.csv").is_file(), reason="real data not found")
 def test_catalogue_tokenizer_texts_hold_the_product_text_reasoning_and_instructions():
     from train.build_tokenizer import catalogue_texts
-    from train.moon3_code import Moon3Config
+    from train.moon3_code import configuration_moon3
 
     texts = catalogue_texts(FASHION_DIR)
     assert any(text.startswith("Title: ") and "\nAttributes: gender: " in text for text in texts[:3])
     assert any(text.startswith("audience: ") for text in texts[:3])
-    assert Moon3Config().query_instruction in texts[:5]
+    assert configuration_moon3.DEFAULT_QUERY_INSTRUCTION in texts[:5]
 
 
 # --------------------------------------------------------------------------- any attribute keys, errors that name file/row

@@ -166,7 +166,7 @@ def test_stage2_with_image_queries_runs_on_two_processes(tmp_path):
     out = tmp_path / "run"
     launch(
         "cpu_2proc.yaml",
-        "train/grpo_contrastive.py",
+        "train.grpo_contrastive",
         "train/recipes/tiny_grpo.yaml",
         "--synthetic_rows",
         "0",

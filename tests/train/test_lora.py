@@ -80,7 +80,7 @@ def test_lora_run_saves_an_adapter_and_a_merged_model_that_load_everywhere(tiny_
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoProcessor
 
-    from train.cold_start import save_loadable
+    from train.stage_setup import save_loadable
 
     model, processor = lora_tiny(tiny_tokenizer)
     rows = synthetic_rows(4)
@@ -156,7 +156,7 @@ def test_lora_target_modules_must_name_language_model_layers(tiny_model):
     ],
 )
 def test_precision_that_would_train_badly_is_refused(dtype, use_peft, bf16, message):
-    from train.cold_start import check_precision
+    from train.stage_setup import check_precision
 
     with pytest.raises(ValueError, match=message):
         check_precision(model_args(dtype=dtype, use_peft=use_peft), SimpleNamespace(bf16=bf16, fp16=False))

@@ -169,7 +169,7 @@ def test_killing_the_launcher_stops_training(tmp_path, config):
 
     command = [
         ACCELERATE, "launch", "--config_file", f"train/accelerate/{config}", "--main_process_port", str(free_port()),
-        "train/grpo_contrastive.py", "--config", "train/recipes/tiny_grpo.yaml",
+        "-m", "train.grpo_contrastive", "--config", "train/recipes/tiny_grpo.yaml",
         "--output_dir", str(tmp_path), "--max_steps", "1000", "--save_steps", "2",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
