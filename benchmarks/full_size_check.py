@@ -28,13 +28,14 @@ import gc
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: its imports would not resolve, and no script edits sys.path
+    raise SystemExit(
+        "Run benchmarks/full_size_check.py as a module from the repo root: `python -m benchmarks.full_size_check ...`."
+    )
 
 logger = logging.getLogger(__name__)
 

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: its imports would not resolve, and no script edits sys.path
+    raise SystemExit(
+        "Run benchmarks/gpu_check.py as a module from the repo root: `python -m benchmarks.gpu_check ...`."
+    )
 
 from transformers import TrainerCallback
 

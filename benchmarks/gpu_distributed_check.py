@@ -97,7 +97,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"| {row['stage']} | {row['zero']} | {row['size']} | {row['returncode']} | {row['seconds']} | {row['last_log']} |"
         )
     if args.out:
-        sys.path.insert(0, str(REPO))
         from benchmarks.io_utils import atomic_write_json
 
         atomic_write_json(args.out, results)

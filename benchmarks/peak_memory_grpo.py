@@ -28,8 +28,10 @@ import threading
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: its imports would not resolve, and no script edits sys.path
+    raise SystemExit(
+        "Run benchmarks/peak_memory_grpo.py as a module from the repo root: `python -m benchmarks.peak_memory_grpo ...`."
+    )
 
 QWEN3_VL_VOCAB = 151_936
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")

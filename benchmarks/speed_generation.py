@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -54,9 +53,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import torch
-
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from transformers import AutoModel, AutoProcessor
 
     from benchmarks.io_utils import atomic_write_json
