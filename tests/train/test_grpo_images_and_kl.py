@@ -3,8 +3,6 @@ reference model (beta > 0), and policy log-probabilities computed in tiles inste
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -155,31 +153,6 @@ def test_stage2_scores_a_text_only_batch_from_a_dataset_with_images(tiny_tokeniz
         output = trainer._generate_and_score_completions(inputs)
         assert output["completion_ids"].shape[0] == len(inputs)
         assert ("pixel_values" in output) == (picked == [0, 2])
-
-
-@pytest.mark.slow
-def test_stage2_with_image_queries_runs_on_two_processes(tmp_path):
-    from tests.train.test_launch import final_step, launch
-
-    data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in image_rows(tmp_path, num_rows=8)))
-    out = tmp_path / "run"
-    launch(
-        "cpu_2proc.yaml",
-        "train/grpo_contrastive.py",
-        "train/recipes/tiny_grpo.yaml",
-        "--synthetic_rows",
-        "0",
-        "--dataset_name",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "4",
-        "--save_steps",
-        "4",
-    )
-    assert final_step(out) == 4 and (out / "model.safetensors").is_file()
 
 
 # --------------------------------------------------------------------------- KL to a reference model
