@@ -3,8 +3,6 @@ reference model (beta > 0), and policy log-probabilities computed in tiles inste
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
