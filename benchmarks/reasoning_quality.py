@@ -15,7 +15,7 @@ stage 2 does, with at most `--max-new-tokens` tokens (default: the config's `max
   (`train.rewards.make_format_reward`) scores 1.0;
 - the accuracy of each attribute the reasoning states (gender, colour, article type, usage, season) against the
   catalogue's gold value, read with the field names of the stage-1 reasoning targets
-  (`processing_moon3.REASONING_FIELD_NAMES`, e.g. `audience: Men; ...; colour: Navy Blue; ...`); a missing attribute
+  (`train.fashion.FASHION_REASONING_FIELD_NAMES`, e.g. `audience: Men; ...; colour: Navy Blue; ...`); a missing attribute
   counts as wrong; values compare case-insensitively, whitespace collapsed. The majority-class rate stands beside;
 - the mean reasoning length in tokens (before `</think>`, or the whole completion when it never closes).
 
@@ -61,9 +61,9 @@ MIN_SWAP_COLOUR_PRODUCTS = 10
 
 def reasoning_field_names() -> dict[str, str]:
     """Catalogue field -> reasoning field name, as the stage-1 reasoning targets write them."""
-    from train.moon3_code import processing_moon3
+    from train.fashion import FASHION_REASONING_FIELD_NAMES
 
-    return dict(processing_moon3.REASONING_FIELD_NAMES)
+    return dict(FASHION_REASONING_FIELD_NAMES)
 
 
 def parse_reasoning(text: str, field_names: dict[str, str] | None = None) -> dict[str, str]:
@@ -182,9 +182,9 @@ def gold_attributes(product: dict) -> dict[str, str]:
 def gold_reasoning(gold: dict[str, str]) -> str:
     """The stage-1 reasoning target of a product (`train.data.fashion_rows`: attributes in catalogue order)."""
     from train.data import FASHION_ATTRIBUTES
-    from train.moon3_code import Moon3Processor
+    from train.fashion import fashion_reasoning
 
-    return Moon3Processor.format_reasoning({key: gold[key] for key in FASHION_ATTRIBUTES if gold.get(key)})
+    return fashion_reasoning({key: gold[key] for key in FASHION_ATTRIBUTES if gold.get(key)})
 
 
 def items_of_kind(products: Sequence[dict], kind: str, root: Path) -> tuple[str, list]:

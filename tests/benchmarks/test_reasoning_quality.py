@@ -25,9 +25,9 @@ GOLD = {"gender": "Men", "baseColour": "Navy Blue", "articleType": "Shirts", "us
 
 
 def test_parse_reads_the_stage1_target_format():
-    from train.moon3_code import Moon3Processor
+    from train.fashion import fashion_reasoning
 
-    target = Moon3Processor.format_reasoning({"gender": "Men", "masterCategory": "Apparel", **GOLD})
+    target = fashion_reasoning({"gender": "Men", "masterCategory": "Apparel", **GOLD})
     assert parse_reasoning(target) == {**GOLD, "masterCategory": "Apparel"}
 
 
