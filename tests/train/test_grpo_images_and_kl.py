@@ -3,6 +3,8 @@ reference model (beta > 0), and policy log-probabilities computed in tiles inste
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
