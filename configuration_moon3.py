@@ -8,6 +8,7 @@ from __future__ import annotations
 from transformers import AutoConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers.utils import logging
 
 SUPPORTED_VLM_TYPES = ("qwen3_vl", "qwen2_5_vl")
 
@@ -19,6 +20,11 @@ DEFAULT_QUERY_INSTRUCTION = (
     "Represent this shopper's query for retrieving matching products. First reason about the fine-grained "
     "attributes it asks for, then embed it."
 )
+# The instructions belong to the processor (processor_config.json), the one place prompts are built; older
+# config.json files also carried them, and those copies are dropped with a warning when such a config loads.
+PROCESSOR_ONLY_KEYS = ("product_instruction", "query_instruction")
+
+logger = logging.get_logger(__name__)
 
 
 class Moon3Config(PretrainedConfig):
@@ -61,10 +67,6 @@ class Moon3Config(PretrainedConfig):
         image_token_id, pad_token_id, im_start_token_id (`int`, *optional*):
             Ids of `<|image_pad|>`, the padding token and `<|im_start|>`. `image_token_id` defaults to the
             backbone's.
-        product_instruction (`str`, *optional*):
-            System instruction for products (documents).
-        query_instruction (`str`, *optional*):
-            System instruction for queries.
         max_reasoning_tokens (`int`, *optional*, defaults to 128):
             Most tokens generated in reasoning mode before `</think><emb>` is forced.
 
@@ -101,11 +103,15 @@ class Moon3Config(PretrainedConfig):
         image_token_id: int | None = None,
         pad_token_id: int | None = None,
         im_start_token_id: int | None = None,
-        product_instruction: str = DEFAULT_PRODUCT_INSTRUCTION,
-        query_instruction: str = DEFAULT_QUERY_INSTRUCTION,
         max_reasoning_tokens: int = 128,
         **kwargs,
     ):
+        stale = [key for key in PROCESSOR_ONLY_KEYS if kwargs.pop(key, None) is not None]
+        if stale:
+            logger.warning_once(
+                f"Moon3Config: ignoring {stale} from the model config; the instructions are the processor's "
+                "(processor_config.json). Save the checkpoint again to drop them from config.json."
+            )
         self.vlm_config = _build_vlm_config(vlm_config)
         self.embedding_dim = embedding_dim
         self.matryoshka_dims = sorted(matryoshka_dims) if matryoshka_dims else [embedding_dim]
@@ -124,8 +130,6 @@ class Moon3Config(PretrainedConfig):
         self.emb_token_id = emb_token_id
         self.image_token_id = image_token_id if image_token_id is not None else self.vlm_config.image_token_id
         self.im_start_token_id = im_start_token_id
-        self.product_instruction = product_instruction
-        self.query_instruction = query_instruction
         self.max_reasoning_tokens = max_reasoning_tokens
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._check()
@@ -181,9 +185,6 @@ class Moon3Config(PretrainedConfig):
             raise ValueError(
                 f"max_reasoning_tokens must be >= 0 (0 = direct mode only), got {self.max_reasoning_tokens}."
             )
-        for name in ("product_instruction", "query_instruction"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string, got {type(getattr(self, name)).__name__}.")
 
 
 def _build_vlm_config(vlm_config: dict | PretrainedConfig | None) -> PretrainedConfig:

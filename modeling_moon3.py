@@ -9,7 +9,9 @@ of one row, N selected positions across the batch, V vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -142,7 +144,8 @@ class Moon3FireBlock(nn.Module):
         if hidden.shape[:2] != context.fire_mask.shape:
             return None
         mask = context.fire_mask
-        refreshed = self(hidden[mask], context.fire_features)  # (N, D)
+        # float32 blocks (trained in full precision over a bfloat16 base, as under LoRA) return float32
+        refreshed = self(hidden[mask], context.fire_features).to(hidden.dtype)  # (N, D)
         hidden = hidden.masked_scatter(mask.unsqueeze(-1), refreshed)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
@@ -266,6 +269,20 @@ class Moon3PreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
+def check_single_device_map(device_map) -> None:
+    """Refuse a `device_map` that may spread MOON3 over several devices ("auto", "balanced", "sequential", or a dict
+    naming more than one device): FIRE blocks run inside their decoder layer's forward hook and the fusion module reads
+    the prompt's raw signals, so they must share the backbone's device, which a split map does not guarantee."""
+    devices = set(map(str, device_map.values())) if isinstance(device_map, dict) else {str(device_map)}
+    if device_map is not None and (len(devices) > 1 or devices & {"auto", "balanced", "balanced_low_0", "sequential"}):
+        raise ValueError(
+            f"device_map={device_map!r} may place MOON3 on several devices, and its FIRE blocks (run inside their "
+            "decoder layer's forward hook) and fusion module must share the backbone's device. Load on one device "
+            "(device_map='cuda:0' or 'cpu'); to shard a model too big for one GPU, train with DeepSpeed ZeRO-3 "
+            "(train/accelerate/zero3.yaml)."
+        )
+
+
 class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
     r"""
     MOON3 embedding model over a Qwen3-VL or Qwen2.5-VL backbone.
@@ -310,6 +327,11 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         self._register_layer_hooks()
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        check_single_device_map(kwargs.get("device_map"))
+        return super().from_pretrained(*args, **kwargs)
+
     # ----- plumbing the backbone exposes
 
     @property
@@ -320,12 +342,17 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         for index, layer in enumerate(self.decoder_layers):
             layer.moon3_layer_index = index
         if self.fire is not None:
-            for layer_index, block in self.fire.items():
-                self.decoder_layers[int(layer_index)].register_forward_hook(block.layer_hook, with_kwargs=True)
+            for layer_index in self.fire:
+                hook = functools.partial(self._fire_layer_hook, layer_index)
+                self.decoder_layers[int(layer_index)].register_forward_hook(hook, with_kwargs=True)
         if self.fusion is not None and self.config.fusion_source_layer > 0:
             self.decoder_layers[self.config.fusion_source_layer - 1].register_forward_hook(
                 capture_layer_hook, with_kwargs=True
             )
+
+    def _fire_layer_hook(self, layer_index: str, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        # The block is looked up on every call, so that a wrapper replacing it (PEFT's modules_to_save) is what runs.
+        return Moon3FireBlock.layer_hook(self.fire[layer_index], module, args, kwargs, output)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()
@@ -400,9 +427,11 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         )
         self._check_image_inputs(input_ids, pixel_values, image_grid_thw, past_length)
 
-        image_outputs = None
+        image_outputs = idle_vision = None
         if pixel_values is not None:
             image_outputs = self.backbone.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        elif past_length == 0 and self._vision_tower_is_partitioned():
+            idle_vision = self._idle_vision_pass(input_ids.device)
         needs_signals = past_length == 0 and (self.fusion is not None or self.fire is not None)
         signals = self._raw_signals(input_ids, token_mask, image_outputs) if needs_signals else None
         if raw_signals_sink is not None and signals is not None:
@@ -426,6 +455,8 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state  # (B, L, D)
+        if idle_vision is not None:
+            hidden_states = hidden_states + 0.0 * idle_vision  # the vision tower takes part in the backward too
         if context is not None and context.captured is not None:
             signals.features = context.captured
 
@@ -457,6 +488,25 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
             has_emb_token=has_emb,
             raw_signals=signals,
         )
+
+    def _vision_tower_is_partitioned(self) -> bool:
+        # DeepSpeed ZeRO-3 marks the parameters it partitions with `ds_id`.
+        return hasattr(next(self.backbone.model.visual.parameters()), "ds_id")
+
+    def _idle_vision_pass(self, device) -> torch.Tensor:
+        """Run the vision tower on one blank minimal image and return a scalar (0-d) of its outputs.
+
+        Under ZeRO-3 every module's forward all-gathers its parameters with all processes: a text-only batch on one
+        process and images on another would otherwise call different collectives and hang."""
+        vision = self.config.vlm_config.vision_config
+        merge = vision.spatial_merge_size
+        patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        dtype = next(self.backbone.model.visual.parameters()).dtype
+        pixel_values = torch.zeros(merge * merge, patch_dim, device=device, dtype=dtype)  # (merge^2, C*T*P*P)
+        grid = torch.tensor([[1, merge, merge]], device=device)
+        outputs = self.backbone.model.get_image_features(pixel_values, grid, return_dict=True)
+        parts = [*outputs.pooler_output, *[f for level in (outputs.get("deepstack_features") or []) for f in level]]
+        return sum(part.float().sum() for part in parts)
 
     def embed_states(self, emb_states: torch.Tensor, signals: Moon3RawSignals | None) -> torch.Tensor:
         """`<emb>` hidden states Tensor[B, D] -> embeddings Tensor[B, E] (fusion, projection, L2 norm)."""
@@ -592,6 +642,9 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
             **generate_kwargs,
         )
         reasoning = generated.sequences[:, prompt_length:]  # (B, T)
+        surplus = generated.cache.get_seq_length() - (prompt_length + max(reasoning.shape[1] - 1, 0))
+        if surplus > 0:  # synced_gpus (DeepSpeed ZeRO-3) keeps a finished process decoding: drop those positions
+            generated.cache.crop(-surplus)
         tail_ids, tail_mask, reasoning_mask = self._reasoning_tail(reasoning)  # (B, 3), (B, 3), (B, T)
         # The cache holds the prompt and every generated token but the last; feed that one plus the tail.
         full_mask = torch.cat([attention_mask, reasoning_mask[:, :-1], tail_mask], dim=1)  # (B, L + T + 2)
@@ -659,7 +712,7 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def encode(
         self,
-        items: Sequence[Any],
+        items: Any,
         processor,
         kind: str = "document",
         mode: str = "direct",
@@ -670,34 +723,39 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
     ):
         """Embed products (`kind="document"`) or queries (`kind="query"`) in batches.
 
+        Inputs follow `Moon3Processor.as_item`, the rule `SentenceTransformer.encode` uses too: a string is text
+        unless it ends with an image extension and names an existing file (then it is an image); PIL images,
+        `Path`s and bytes are images; `{"text", "image"}` dicts are queries; product records are documents. With
+        `kind="document"` a string or `{"text", "image"}` dict becomes a product (text as title); with
+        `kind="query"` a product record is refused.
+
         Args:
-            items: product records `{"title", "attributes", "images", "description"}`, or queries (strings, PIL
-                images, `{"text", "image"}` dicts).
+            items: a list of inputs, or a single input (a string, dict, image), which is one item.
             processor: the checkpoint's [`Moon3Processor`].
+            kind: `"document"` or `"query"`; anything else raises.
             mode: `"direct"` (one forward pass) or `"reason"` (generate the reasoning first).
+            batch_size: items per forward pass (a positive int).
             truncate_dim: keep the first `truncate_dim` dimensions (a Matryoshka size) and re-normalise.
             return_reasoning: also return the generated reasoning strings (reason mode).
 
         Returns:
-            Tensor[N, E] of unit vectors (float32, on the CPU), or `(embeddings, reasoning)` with
-            `return_reasoning=True`.
+            Tensor[N, E] of unit vectors (float32, on the CPU), Tensor[E] for a single input, or
+            `(embeddings, reasoning)` with `return_reasoning=True`. Errors name the item by its index in `items`.
         """
         from tqdm.auto import tqdm
 
-        if truncate_dim is not None and not 1 <= truncate_dim <= self.config.embedding_dim:
-            raise ValueError(
-                f"truncate_dim must be in [1, {self.config.embedding_dim}], got {truncate_dim}; trained sizes are "
-                f"{self.config.matryoshka_dims}."
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        items = list(items)
+        singular, items = _encode_items(items)
+        self._check_encode_args(kind, mode, batch_size, truncate_dim)
+        field = "products" if kind == "document" else "queries"
+        items = [processor.as_item(item, kind, field=f"{field}[{index}]")[1] for index, item in enumerate(items)]
         embeddings, reasoning = [], []
         for start in tqdm(range(0, len(items), batch_size), desc=f"Encoding {kind}s", disable=not show_progress_bar):
-            batch = processor(
-                **{"products" if kind == "document" else "queries": items[start : start + batch_size]}, mode=mode
+            texts, images = processor.render(
+                items[start : start + batch_size], kind=kind, mode=mode, start_index=start
             )
-            batch = batch.to(self.device)
+            batch = processor(
+                text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt"
+            ).to(self.device)
             if "pixel_values" in batch:
                 batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
             if mode == "reason":
@@ -709,10 +767,42 @@ class Moon3Model(Moon3PreTrainedModel, GenerationMixin):
         if not embeddings:
             out = torch.zeros(0, truncate_dim or self.config.embedding_dim)
         else:
-            out = torch.cat(embeddings).float().cpu()
+            out = torch.cat(embeddings).float().cpu()  # (N, E)
             if truncate_dim is not None:
-                out = F.normalize(out[:, :truncate_dim], dim=-1)
+                out = F.normalize(out[:, :truncate_dim], dim=-1)  # (N, truncate_dim)
+        if singular:
+            out, reasoning = out[0], (reasoning[0] if reasoning else reasoning)
         return (out, reasoning) if return_reasoning else out
+
+    def _check_encode_args(self, kind: Any, mode: Any, batch_size: Any, truncate_dim: Any) -> None:
+        if not isinstance(kind, str) or kind not in ("document", "query"):
+            raise ValueError(f"kind must be 'document' or 'query', got {kind!r}.")
+        if not isinstance(mode, str) or mode not in ("direct", "reason"):
+            raise ValueError(f"mode must be 'direct' or 'reason', got {mode!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise TypeError(f"batch_size must be a positive int, got {batch_size!r}.")
+        if truncate_dim is None:
+            return
+        if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int):
+            raise TypeError(f"truncate_dim must be an int or None, got {truncate_dim!r}.")
+        if not 1 <= truncate_dim <= self.config.embedding_dim:
+            raise ValueError(
+                f"truncate_dim must be in [1, {self.config.embedding_dim}], got {truncate_dim}; trained sizes are "
+                f"{self.config.matryoshka_dims}."
+            )
+
+
+def _encode_items(items: Any) -> tuple[bool, list]:
+    """(whether `items` is a single input, the inputs as a list); a string or dict is one item, as in ST."""
+    if items is None:
+        raise TypeError("items is None. Pass a list of products or queries, or a single one.")
+    if isinstance(items, (str, bytes, bytearray, Mapping)) or not isinstance(items, Iterable) or _is_image(items):
+        return True, [items]
+    return False, list(items)
+
+
+def _is_image(value: Any) -> bool:
+    return type(value).__module__.startswith("PIL.") or isinstance(value, os.PathLike)
 
 
 __all__ = ["Moon3Model", "Moon3PreTrainedModel", "Moon3EmbeddingOutput", "Moon3RawSignals"]

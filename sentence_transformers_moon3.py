@@ -8,12 +8,16 @@ it embeds. This module hands every input to [`Moon3Processor`] and [`Moon3Model`
 
 Inputs (mixed freely in one batch):
 
-- `str`: text, unless it ends with an image extension (.jpg, .jpeg, .png, .gif, .bmp, .tiff, .webp) and names an
-  existing file, in which case it is an image. A string that ends with such an extension but names no file raises
-  an error (wrap it as `{"text": ...}` to embed it as text); so does an http(s) image URL (download it first).
+- `str`: text, unless it ends with an image extension (.jpg, .jpeg, .png, .gif, .bmp, .tif, .tiff, .webp) and names
+  an existing file, in which case it is an image. A string that ends with such an extension but names no file
+  raises an error (wrap it as `{"text": ...}` to embed it as text); so does an http(s) image URL (download it first).
 - `PIL.Image.Image`, `pathlib.Path`, `bytes`: an image.
-- `{"text": ..., "image": ...}` (or `"images": [...]`): text and/or image(s).
+- `{"text": ..., "image": ...}` (or `"images": [...]`, and an optional `"id"`): text and/or image(s).
 - product records `{"title", "attributes", "images", "description", "id"}`, as `processor(products=...)` takes them.
+
+These are the rules of `Moon3Processor.as_item`, which `Moon3Model.encode` applies too: an input means the same in
+both APIs (an image-path string is an image in both), and a single input (not in a list) is one item in both.
+`truncate_dim` must be an int in [1, embedding_dim]; anything else is refused before the batch runs.
 
 Instructions: `encode_query` embeds every input as a query (processor's `query_instruction`), `encode_document` as a
 product (`product_instruction`; a plain string becomes the title, a `{"text", "image"}` dict becomes title + images).
@@ -30,21 +34,17 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from sentence_transformers.base.modules.input_module import InputModule
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp")
-PRODUCT_ONLY_KEYS = frozenset({"id", "title", "attributes", "description"})
-QUERY_KEYS = frozenset({"text", "image", "images"})
 MODES = ("direct", "reason")
 KINDS = ("query", "document")
 
@@ -153,19 +153,18 @@ class Moon3SentenceTransformer(InputModule):
                 "(e.g. model.processor.max_text_tokens = 512)."
             )
         mode = self._resolve_mode(mode)
+        self._check_truncate_dim(_caller_truncate_dim())
         if task is not None and task not in KINDS:
             raise ValueError(f"task must be one of {list(KINDS)} or None, got {task!r}.")
         kind = task or self._kind_of_prompt(prompt)
         texts, images = [], []
         for item in inputs:
-            item_kind, item = self._normalise(item, kind)
-            processor = self._processor_for(item_kind, prompt)
             try:
-                item_texts, item_images = processor.render([item], kind=item_kind, mode=mode)
+                item_kind, item = self.processor.as_item(item, kind)
+                processor = self._processor_for(item_kind, prompt)
+                item_texts, item_images = processor.render([item], kind=item_kind, mode=mode, start_index=None)
             except (ValueError, TypeError) as error:
-                raise type(error)(
-                    f"MOON3 cannot encode the input {_describe(item)} as a {item_kind}: {error}"
-                ) from error
+                raise type(error)(f"MOON3 cannot encode the input {_describe(item)}: {error}") from error
             texts.extend(item_texts)
             images.extend(item_images)
         batch = self.processor(
@@ -197,40 +196,18 @@ class Moon3SentenceTransformer(InputModule):
         setattr(processor, attribute, prompt)
         return processor
 
-    def _normalise(self, item: Any, kind: str | None) -> tuple[str, Any]:
-        """(kind, item in the form `processor.render` takes for that kind)."""
-        if item is None:
-            raise ValueError("MOON3 cannot encode None. Remove it, or give a string, image, dict or product record.")
-        if isinstance(item, str):
-            item = _string_input(item)
-        if isinstance(item, Mapping):
-            keys = set(item)
-            if not keys:
-                raise ValueError("MOON3 cannot encode an empty dict: give 'text' and/or 'image', or a product record.")
-            if keys & PRODUCT_ONLY_KEYS:
-                if kind == "query":
-                    raise ValueError(
-                        f"The product record {_describe(item)} was passed as a query. Product records are documents: "
-                        "embed them with encode_document (or encode, which treats them as documents)."
-                    )
-                return "document", item
-            unknown = sorted(keys - QUERY_KEYS, key=str)
-            if unknown:
-                raise ValueError(
-                    f"The input dict has unknown keys {unknown}. Use {{'text': ..., 'image': ...}} for queries, or a "
-                    f"product record with keys {sorted(PRODUCT_ONLY_KEYS | {'images'})}."
-                )
-            if kind == "document":
-                return "document", _query_dict_as_product(item)
-            return "query", item
-        if isinstance(item, (Image.Image, bytes, bytearray, os.PathLike)):
-            return (kind or "query"), ({"images": [item]} if kind == "document" else item)
-        if isinstance(item, str):
-            return (kind or "query"), ({"title": item} if kind == "document" else item)
-        raise TypeError(
-            f"MOON3 cannot encode an input of type {type(item).__name__}. Give a string, a PIL image, an image path, "
-            "bytes, a {'text': ..., 'image': ...} dict or a product record {'title', 'attributes', 'images'}."
-        )
+    def _check_truncate_dim(self, truncate_dim: Any) -> None:
+        """Refuse a truncate_dim that sentence-transformers would apply silently (0, > dim, a string)."""
+        if truncate_dim is None:
+            return
+        dim = self.get_embedding_dimension()
+        if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int):
+            raise TypeError(f"truncate_dim must be an int in [1, {dim}] or None, got {truncate_dim!r}.")
+        if not 1 <= truncate_dim <= dim:
+            raise ValueError(
+                f"truncate_dim must be in [1, {dim}], got {truncate_dim}; trained sizes are "
+                f"{self.model.config.matryoshka_dims}."
+            )
 
     # ------------------------------------------------------------------ forward
 
@@ -319,33 +296,20 @@ class Moon3SentenceTransformer(InputModule):
         return cls(model, processor, **config)
 
 
-def _string_input(text: str) -> str | Path:
-    """Image paths become `Path`s; other strings stay text (see the module docstring for the rule)."""
-    stripped = text.strip()
-    if not stripped.lower().endswith(IMAGE_EXTENSIONS) or "\n" in stripped:
-        return text
-    if stripped.startswith(("http://", "https://")):
-        raise ValueError(
-            f"{stripped!r} looks like an image URL; MOON3 does not download images. Download it and pass the local "
-            "path or a PIL image, or pass {'text': ...} to embed the string as text."
-        )
-    if os.path.isfile(stripped):
-        return Path(stripped)
-    raise ValueError(
-        f"{stripped!r} looks like an image path, but no such file exists. Fix the path, or pass {{'text': ...}} "
-        "to embed the string as text."
-    )
+def _caller_truncate_dim() -> Any:
+    """The `truncate_dim` sentence-transformers' `_inference` will apply to this batch (None when not found).
 
-
-def _query_dict_as_product(item: Mapping[str, Any]) -> dict[str, Any]:
-    """`{"text", "image(s)"}` embedded as a document: the text is the title, the images are the product's."""
-    product: dict[str, Any] = {}
-    if "text" in item:
-        product["title"] = item["text"]
-    for key in ("image", "images"):
-        if key in item:
-            product[key] = item[key]
-    return product
+    sentence-transformers slices the embeddings after the modules ran and never passes truncate_dim to them, so
+    the only place to check it is its own frame. tests/test_sentence_transformers.py fails if that frame changes.
+    """
+    frame = sys._getframe(1)
+    for _ in range(8):
+        frame = frame.f_back
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "_inference" and "truncate_dim" in frame.f_locals:
+            return frame.f_locals["truncate_dim"]
+    return None
 
 
 def _describe(item: Any) -> str:
@@ -364,4 +328,4 @@ def _add_requirements(path: Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-__all__ = ["Moon3SentenceTransformer", "st_files", "ST_REQUIREMENTS", "IMAGE_EXTENSIONS"]
+__all__ = ["Moon3SentenceTransformer", "st_files", "ST_REQUIREMENTS"]

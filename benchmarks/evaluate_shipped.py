@@ -73,6 +73,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=None, help="results folder (default: runs/bench/moon3-mini-<mode>)"
     )
+    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: benchmarks.run's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (tasks, batches)")
     parser.add_argument("--tolerance", type=float, default=0.02, help="largest |diff| that counts as reproduced")
     parser.add_argument(
         "--write-reference",
@@ -115,7 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     for note in notes:
         logger.info("data used — %s", note)
     out = args.out or REPO_ROOT / f"runs/bench/moon3-mini-{args.mode}"
-    command = ["--model", args.model, "--trust-remote-code", "--mode", args.mode, "--out", str(out), "--no-progress"]
+    command = ["--model", args.model, "--trust-remote-code", "--mode", args.mode, "--out", str(out)]
+    command += ["--cache-dir", str(args.cache_dir)] if args.cache_dir else []
+    command += ["--no-progress"] if args.no_progress else []
     results = run_benchmark(command + ["--data", *map(str, folders)])
     if args.write_reference:
         write_reference(results, args.mode)

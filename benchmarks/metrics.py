@@ -6,6 +6,8 @@ lower index ranks first, so rank(p) = #{j: s_j > s_p} + #{j < p: s_j == s_p} + 1
 
 Definitions (binary relevance, R = number of positives of a query):
 - recall@k  = |positives in the top k| / min(k, R)  (capped recall, as BEIR's R_cap; = hit rate when R = 1)
+- recall_uncapped@k = |positives in the top k| / R  (the standard recall@k of ranx, pytrec_eval/trec_eval and
+  MTEB; equal to ours when R <= k, lower when R > k)
 - MRR       = 1 / rank of the first positive
 - nDCG@k    = sum_{positives with rank <= k} 1/log2(rank+1) / sum_{i=1..min(k,R)} 1/log2(i+1)
 - AP        = mean over positives (sorted by rank) of (i / rank_i); mAP = mean over queries (full ranking, no cut-off)
@@ -50,6 +52,11 @@ def recall_at_k(ranks: Sequence[np.ndarray], k: int) -> float:
     return float(np.mean([np.sum(r <= k) / min(k, len(r)) for r in ranks]))
 
 
+def recall_uncapped_at_k(ranks: Sequence[np.ndarray], k: int) -> float:
+    """Mean standard recall@k (ranx / trec_eval): positives within the top k over the number of positives."""
+    return float(np.mean([np.sum(r <= k) / len(r) for r in ranks]))
+
+
 def mrr(ranks: Sequence[np.ndarray]) -> float:
     """Mean reciprocal rank of the first positive."""
     return float(np.mean([1.0 / np.min(r) for r in ranks]))
@@ -92,7 +99,8 @@ def macro_f1(y_true: Sequence, y_pred: Sequence, labels: Sequence | None = None)
 
 
 def retrieval_metrics(ranks: Sequence[np.ndarray], ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """recall@k for each k, MRR, nDCG@10 and mAP under their usual names."""
+    """Capped recall@k and standard recall_uncapped@k for each k, MRR, nDCG@10 and mAP."""
     out = {f"recall@{k}": recall_at_k(ranks, k) for k in ks}
+    out.update({f"recall_uncapped@{k}": recall_uncapped_at_k(ranks, k) for k in ks})
     out.update({"mrr": mrr(ranks), "ndcg@10": ndcg_at_k(ranks, 10), "map": average_precision(ranks)})
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 from .io_utils import atomic_write_bytes, atomic_write_text
 
 TABLE_METRICS = {
-    "retrieval": ("recall@1", "recall@5", "recall@10", "mrr", "ndcg@10", "map"),
+    "retrieval": ("recall@1", "recall@5", "recall@10", "recall_uncapped@10", "mrr", "ndcg@10", "map"),
     "classification": ("accuracy", "macro_f1"),
     "attributes": ("accuracy", "macro_f1"),
 }

@@ -13,7 +13,9 @@ only after every task has finished. Embeddings are cached in --cache-dir.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import platform
 import sys
 import time
@@ -33,10 +35,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (items)")
     parser.add_argument(
         "--mode",
-        default="direct",
+        default=None,
         choices=["direct", "reason"],
         help="MOON3 embedding mode: direct (one forward) or reason (generate the reasoning, then embed); "
-        "the baselines have only direct",
+        "default: the checkpoint's default_mode (sentence_bert_config.json), direct for other models; "
+        "results.json records the mode used",
     )
     # data and tasks
     parser.add_argument("--data", nargs="+", required=True, type=Path, help="one or more benchmark data folders")
@@ -108,6 +111,17 @@ def run_tasks(model, tasks, show_progress: bool) -> tuple[dict, dict]:
     return metrics, info
 
 
+def strict_json_metrics(metrics: dict) -> dict:
+    """Metrics with NaN/inf replaced by None (JSON null), each replacement logged: results.json stays strict JSON."""
+    clean = {}
+    for name, value in metrics.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            logger.warning("%s is %s; written as null in results.json", name, value)
+            value = None
+        clean[name] = value
+    return clean
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -120,12 +134,14 @@ def main(argv: list[str] | None = None) -> dict:
     from .cache import EmbeddingCache
     from .data_format import load_bench_data
     from .encoders import load_model
-    from .io_utils import atomic_write_json
+    from .io_utils import atomic_write_text
     from .report import markdown_table, write_report
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     started = time.perf_counter()
+    # Data first: a bad folder is refused before a model is loaded.
+    datasets = [load_bench_data(path) for path in args.data]
     model = load_model(
         args.model,
         trust_remote_code=args.trust_remote_code,
@@ -137,7 +153,6 @@ def main(argv: list[str] | None = None) -> dict:
     )
     load_seconds = time.perf_counter() - started
     cache = None if args.no_cache else EmbeddingCache(args.cache_dir)
-    datasets = [load_bench_data(path) for path in args.data]
     task_options = {
         "cache": cache,
         "show_progress": not args.no_progress,
@@ -156,9 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
             "name": model.name,
             "revision": model.revision,
             "modalities": sorted(model.modalities),
-            "mode": args.mode,
+            "mode": getattr(model, "mode", "direct"),
         },
-        "data": [{"name": d.name, "path": str(d.root), "hash": d.hash} for d in datasets],
+        "data": [
+            {"name": d.name, "path": str(d.root), "hash": d.hash, "images_hash": d.images_hash} for d in datasets
+        ],
         "seed": args.seed,
         "versions": library_versions(),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -170,11 +187,13 @@ def main(argv: list[str] | None = None) -> dict:
             "cache_misses": cache.misses if cache else 0,
         },
         "tasks": task_info,
-        "metrics": metrics,
+        "metrics": strict_json_metrics(metrics),
     }
     out = args.out or Path("runs/bench") / re.sub(r"[^A-Za-z0-9_.-]+", "_", args.model)
     write_report(results, out)
-    atomic_write_json(out / "results.json", results)
+    atomic_write_text(
+        out / "results.json", json.dumps(results, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+    )
     print(markdown_table(results))
     logger.info("wrote %s", out / "results.json")
     return results

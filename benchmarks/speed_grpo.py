@@ -1,6 +1,6 @@
 """Speed of one GRPO + contrastive step (Moon3GRPOTrainer) against one plain GRPOTrainer step, same model and batch.
 
-    python benchmarks/speed_grpo.py --size tiny --steps 12
+    python -m benchmarks.speed_grpo --size tiny --steps 12
 
 Both trainers start from the same random MOON3 (same seed, same synthetic rows, same generation settings); the plain
 one gets the format and length rewards only (the retrieval reward needs Moon3GRPOTrainer's ranking) and MOON3's
@@ -20,14 +20,14 @@ import argparse
 import copy
 import functools
 import statistics
-import sys
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: its imports would not resolve, and no script edits sys.path
+    raise SystemExit(
+        "Run benchmarks/speed_grpo.py as a module from the repo root: `python -m benchmarks.speed_grpo ...`."
+    )
 
 from transformers import PrinterCallback, TrainerCallback
 
@@ -128,10 +128,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from trl import GRPOConfig, GRPOTrainer
 
     from train.build_checkpoint import load_for_training
-    from train.cold_start import training_texts
     from train.config import RANDOM_MODEL_SIZES, Moon3GRPOConfig
     from train.data import synthetic_rows, to_grpo_dataset
     from train.rewards import make_format_reward, make_length_reward
+    from train.stage_setup import training_texts
     from train.trainer import Moon3GRPOTrainer, install_fused_policy_head
 
     rows = Dataset.from_list(synthetic_rows(64))

@@ -41,9 +41,14 @@ def test_save_and_load_round_trip(tmp_path):
         ({"fire_rank": 0}, "fire_rank"),
         ({"max_reasoning_tokens": -1}, "max_reasoning_tokens"),
         ({"vlm_config": {"model_type": "llava"}}, "vlm_config"),
-        ({"product_instruction": 3}, "product_instruction"),
     ],
 )
 def test_invalid_values_fail_naming_the_field(kwargs, field):
     with pytest.raises((ValueError, TypeError), match=field):
         Moon3Config(**kwargs)
+
+
+def test_instructions_are_the_processors_alone():
+    """An older config.json's instruction copies are dropped (with a warning), never saved again."""
+    config = Moon3Config(product_instruction="old copy", query_instruction="old copy")
+    assert not hasattr(config, "product_instruction") and "query_instruction" not in config.to_dict()

@@ -157,8 +157,19 @@ def test_unknown_mode_is_rejected(processor):
 
 
 def test_reasoning_target_is_written_from_attributes(processor):
-    text = processor.format_reasoning({"articleType": "Shirts", "baseColour": "Navy Blue", "gender": "Men"})
-    assert text == "type: Shirts; colour: Navy Blue; audience: Men."
+    attributes = {"articleType": "Shirts", "baseColour": "Navy Blue", "gender": "Men"}
+    assert processor.format_reasoning(attributes) == "articleType: Shirts; baseColour: Navy Blue; gender: Men."
+    renamed = processor.format_reasoning(attributes, {"articleType": "type", "gender": "audience"})
+    assert renamed == "type: Shirts; baseColour: Navy Blue; audience: Men."
+
+
+def test_fashion_reasoning_names_live_with_the_catalogue_not_the_processor():
+    from train import moon3_code
+    from train.fashion import fashion_reasoning
+
+    assert not hasattr(moon3_code.processing_moon3, "REASONING_FIELD_NAMES")
+    attributes = {"articleType": "Shirts", "baseColour": "Navy Blue", "gender": "Men"}
+    assert fashion_reasoning(attributes) == "type: Shirts; colour: Navy Blue; audience: Men."
 
 
 def test_bytes_query_is_an_image(processor):

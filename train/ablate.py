@@ -5,8 +5,8 @@
     python -m train.ablate --out runs/ablation --dry-run             # print the commands, run nothing
     python -m train.ablate --out runs/ablation --mode reason         # the same rows, embedded after their reasoning
 
-Every variant is trained by the same two documented commands (`accelerate launch train/cold_start.py --config
-train/recipes/mini_cold_start.yaml`, then `train/grpo_contrastive.py --config train/recipes/mini_grpo.yaml`) from a
+Every variant is trained by the same two documented commands (`accelerate launch -m train.cold_start --config
+train/recipes/mini_cold_start.yaml`, then `-m train.grpo_contrastive --config train/recipes/mini_grpo_text.yaml`) from a
 random checkpoint built by `python -m train.build_checkpoint --random`, with exactly one change:
 
 | variant | change |
@@ -31,15 +31,31 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.io_utils import atomic_write_text
-
 logger = logging.getLogger("train.ablate")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (temp file in the same folder, fsync, rename). `train` does not import
+    `benchmarks` (whose io_utils does the same for the suite): the benchmarks run here as `python -m benchmarks.run`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
 
 # The shipped moon3-mini backbone (python -m train.build_checkpoint --random ...): about 1.5M parameters, 16 visual
 # tokens per 224x224 photo (resized to 128x128), sized so that both stages take a few minutes on 2 CPU cores.
@@ -124,7 +140,7 @@ def train_variant(variant: Variant, args) -> Path:
             build += MINI_BUILD_ARGS + ["--seed", str(variant.seed), "--out", str(init)] + variant.build_flags
             record_time(folder, "build_s", run(build, folder / "logs" / "build.log", args.dry_run))
         if not is_checkpoint(stage1):
-            command = launch + ["train/cold_start.py", "--config", "train/recipes/mini_cold_start.yaml"]
+            command = launch + ["-m", "train.cold_start", "--config", "train/recipes/mini_cold_start.yaml"]
             command += ["--model_name_or_path", str(init), "--output_dir", str(stage1), "--seed", str(variant.seed)]
             command += args.stage1_args
             record_time(folder, "stage1_s", run(command, folder / "logs" / "stage1.log", args.dry_run))
@@ -136,7 +152,7 @@ def train_variant(variant: Variant, args) -> Path:
         return stage1
     stage2 = folder / "stage2"
     if not is_checkpoint(stage2):
-        command = launch + ["train/grpo_contrastive.py", "--config", "train/recipes/mini_grpo.yaml"]
+        command = launch + ["-m", "train.grpo_contrastive", "--config", "train/recipes/mini_grpo_text.yaml"]
         command += ["--model_name_or_path", str(stage1), "--output_dir", str(stage2), "--seed", str(variant.seed)]
         command += variant.stage2_flags + args.stage2_args
         record_time(folder, "stage2_s", run(command, folder / "logs" / "stage2.log", args.dry_run))

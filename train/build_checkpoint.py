@@ -206,10 +206,36 @@ def build_random(
     processor = Moon3Processor(
         image_processor=build_image_processor(family, min_pixels=min(64 * 64, max_pixels), max_pixels=max_pixels),
         tokenizer=tokenizer,
-        product_instruction=config.product_instruction,
-        query_instruction=config.query_instruction,
     )
     return model, processor
+
+
+def wrap_backbone(vlm, config):
+    """A `Moon3Model` around the loaded backbone `vlm` itself, never a second copy of its weights.
+
+    The model is built on the meta device (no memory, no random initialisation of a backbone that is thrown away),
+    `vlm` takes the backbone's place, and only MOON3's own small modules (fusion, FIRE, projection head) are
+    materialised and initialised as `post_init` would (PyTorch's reset, then `_init_weights`), in `vlm`'s dtype."""
+    import torch
+
+    from train.moon3_code import Moon3Model
+
+    with torch.device("meta"):
+        model = Moon3Model(config)
+    model.backbone = vlm
+    model._register_layer_hooks()  # the FIRE and fusion hooks of the meta backbone's layers go to the real ones
+    device = next(vlm.parameters()).device
+    for module in (model.fusion, model.fire, model.head):
+        if module is None:
+            continue
+        module.to_empty(device=device)
+        for part in module.modules():
+            reset = getattr(part, "reset_parameters", None) or getattr(part, "_reset_parameters", None)
+            if reset is not None:
+                reset()
+        module.apply(model._init_weights)
+        module.to(vlm.dtype)
+    return model
 
 
 def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
@@ -217,7 +243,7 @@ def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     from train.build_tokenizer import wrap_tokenizer
-    from train.moon3_code import Moon3Model, Moon3Processor
+    from train.moon3_code import Moon3Processor
 
     tokenizer = wrap_tokenizer(AutoTokenizer.from_pretrained(backbone))
     backbone_config = AutoConfig.from_pretrained(backbone)
@@ -226,51 +252,54 @@ def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
         raise ValueError(
             f"--backbone {backbone!r} is a {family!r} model; MOON3 supports {list(FAMILY_IMAGE_SETTINGS)}."
         )
-    vlm = AutoModelForImageTextToText.from_pretrained(backbone, dtype=dtype)
+    vlm = AutoModelForImageTextToText.from_pretrained(backbone, dtype=dtype)  # the only copy of the weights
     vlm.resize_token_embeddings(len(tokenizer))
     config = moon3_config(vlm.config, tokenizer, **config_overrides)
-    model = Moon3Model(config).to(vlm.dtype)
-    missing, unexpected = model.backbone.load_state_dict(vlm.state_dict(), strict=False)
-    if unexpected or [key for key in missing if "lm_head" not in key]:
-        raise ValueError(f"Backbone weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}.")
-    model.backbone.tie_weights()
+    model = wrap_backbone(vlm, config)
     image_processor = AutoImageProcessor.from_pretrained(backbone)  # the PIL backend when torchvision is absent
     processor = Moon3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        product_instruction=config.product_instruction,
-        query_instruction=config.query_instruction,
     )
     return model, processor
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from train.data import at_least
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--backbone", help="Hub id or local folder of a Qwen3-VL / Qwen2.5-VL checkpoint")
     source.add_argument("--random", action="store_true", help="random-initialised small model (see the size flags)")
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder to write (created if missing)")
     parser.add_argument("--dtype", default="auto", help="backbone dtype when loading: auto, bfloat16, float32")
-    parser.add_argument("--embedding-dim", type=int, default=None, help="output embedding size E (default: config's)")
-    parser.add_argument("--matryoshka-dims", type=int, nargs="+", default=None, help="trained prefix sizes")
+    parser.add_argument(
+        "--embedding-dim", type=at_least(1), default=None, help="output embedding size E (default: config's)"
+    )
+    parser.add_argument("--matryoshka-dims", type=at_least(1), nargs="+", default=None, help="trained prefix sizes")
     parser.add_argument("--no-fusion", action="store_true", help="build without the modality fusion module")
     parser.add_argument("--no-fire", action="store_true", help="build without FIRE")
     parser.add_argument(
-        "--max-reasoning-tokens", type=int, default=None, help="reason-mode budget in tokens (default: config's)"
+        "--max-reasoning-tokens",
+        type=at_least(0),
+        default=None,
+        help="reason-mode budget in tokens (default: config's)",
     )
     group = parser.add_argument_group("random model")
     group.add_argument("--family", default="qwen3_vl", choices=sorted(FAMILY_IMAGE_SETTINGS), help="backbone family")
     group.add_argument("--tokenizer", type=Path, default=None, help="folder of a MOON3 tokenizer to use")
     group.add_argument("--tokenizer-data", type=Path, default=None, help="catalogue folder to train a tokenizer on")
-    group.add_argument("--vocab-size", type=int, default=8000, help="vocabulary size when training a tokenizer")
-    group.add_argument("--hidden-size", type=int, default=256, help="language-model hidden size D")
-    group.add_argument("--num-layers", type=int, default=4, help="decoder layers")
-    group.add_argument("--num-heads", type=int, default=4, help="attention heads of the language model")
-    group.add_argument("--vision-hidden-size", type=int, default=128, help="vision tower hidden size")
-    group.add_argument("--vision-depth", type=int, default=2, help="vision tower blocks")
+    group.add_argument(
+        "--vocab-size", type=at_least(1), default=8000, help="vocabulary size when training a tokenizer"
+    )
+    group.add_argument("--hidden-size", type=at_least(1), default=256, help="language-model hidden size D")
+    group.add_argument("--num-layers", type=at_least(1), default=4, help="decoder layers")
+    group.add_argument("--num-heads", type=at_least(1), default=4, help="attention heads of the language model")
+    group.add_argument("--vision-hidden-size", type=at_least(1), default=128, help="vision tower hidden size")
+    group.add_argument("--vision-depth", type=at_least(1), default=2, help="vision tower blocks")
     group.add_argument(
         "--max-pixels",
-        type=int,
+        type=at_least(1),
         default=224 * 224,
         help="largest image area after resizing (pixels); 128*128 gives 16 visual tokens per image, 224*224 gives 49",
     )
@@ -327,6 +356,8 @@ def load_for_training(
     tokenizer_texts: list[str] | None = None,
     dtype: str | None = None,
     seed: int = 0,
+    attn_implementation: str | None = None,
+    revision: str = "main",
     **config_overrides,
 ):
     """(model, processor) for a training run: a saved MOON3 checkpoint, or a random one of `random_model_sizes` whose
@@ -343,10 +374,22 @@ def load_for_training(
             tokenizer, family=family, seed=seed, vlm_sizes=random_model_sizes, **config_overrides
         )
         processor.image_processor = build_image_processor(family, min_pixels=32 * 32, max_pixels=64 * 64)
+        if dtype not in (None, "auto", "float32"):
+            import torch
+
+            model = model.to(getattr(torch, dtype))
+        if attn_implementation is not None:
+            model.backbone.set_attn_implementation(attn_implementation)
         return model, processor
     if model_name_or_path is None:
         raise ValueError("Give --model_name_or_path (a MOON3 checkpoint folder) or --random_model.")
     kwargs = {"dtype": dtype} if dtype not in (None, "auto") else {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if revision not in (None, "main"):
+        kwargs["revision"] = revision
     model = Moon3Model.from_pretrained(model_name_or_path, **kwargs)
-    processor = Moon3Processor.from_pretrained(model_name_or_path)
+    processor = Moon3Processor.from_pretrained(
+        model_name_or_path, **({"revision": revision} if "revision" in kwargs else {})
+    )
     return model, processor

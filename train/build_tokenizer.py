@@ -71,12 +71,18 @@ def catalogue_texts(data_dir: Path, split: str = "train") -> list[str]:
     `Attributes: ...`), the reasoning target (`audience: Men; type: Shirts; ...`), and the fixed prompt text (the
     two instructions and the chat roles) once per product, as often as the model reads it. Without the prompt text
     a catalogue-only BPE splits the instructions into ~80 tokens per sequence; with it they take ~25."""
-    from train.moon3_code import Moon3Config, processing_moon3
+    from train.fashion import FASHION_REASONING_FIELD_NAMES
+    from train.moon3_code import processing_moon3
 
     # format_product_text needs neither a tokenizer nor an image processor: use it without building them.
     processor = processing_moon3.Moon3Processor.__new__(processing_moon3.Moon3Processor)
-    config = Moon3Config()
-    prompt_texts = [config.product_instruction, config.query_instruction, "system", "user", "assistant"]
+    prompt_texts = [
+        processing_moon3.DEFAULT_PRODUCT_INSTRUCTION,
+        processing_moon3.DEFAULT_QUERY_INSTRUCTION,
+        "system",
+        "user",
+        "assistant",
+    ]
     texts = []
     for name in ("products.csv", "catalog_44k.csv"):
         path = Path(data_dir) / name
@@ -86,12 +92,12 @@ def catalogue_texts(data_dir: Path, split: str = "train") -> list[str]:
             for row in csv.DictReader(handle):
                 if row.get("split", split) != split:
                     continue
-                names = processing_moon3.REASONING_FIELD_NAMES
+                names = FASHION_REASONING_FIELD_NAMES
                 attributes = {key: row[key] for key in names if row.get(key, "").strip()}
                 title = row.get("productDisplayName", "").strip()
                 if title or attributes:
                     texts.append(processor.format_product_text({"title": title, "attributes": attributes}))
-                    texts.append(processor.format_reasoning(attributes))
+                    texts.append(processor.format_reasoning(attributes, FASHION_REASONING_FIELD_NAMES))
                 texts.extend(prompt_texts)
     if not texts:
         raise ValueError(f"No catalogue text found under {data_dir} (expected products.csv).")
@@ -99,9 +105,13 @@ def catalogue_texts(data_dir: Path, split: str = "train") -> list[str]:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    from train.data import at_least
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="fashion catalogue folder (has products.csv)")
-    parser.add_argument("--vocab-size", type=int, default=8000, help="BPE vocabulary size, special tokens included")
+    parser.add_argument(
+        "--vocab-size", type=at_least(1), default=8000, help="BPE vocabulary size, special tokens included"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder to save the tokenizer to")
     return parser
 

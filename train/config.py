@@ -48,6 +48,13 @@ class Moon3ScriptArguments(ScriptArguments):
         default="qwen3_vl",
         metadata={"help": "Backbone family of --random_model.", "choices": ["qwen3_vl", "qwen2_5_vl"]},
     )
+    skip_bad_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave out training rows that fail validation (schema, keys, types, images) instead of stopping; "
+            "they are counted and listed in <output_dir>/rejected_rows.jsonl."
+        },
+    )
     freeze_vision_tower: bool = field(
         default=False,
         metadata={
@@ -57,6 +64,20 @@ class Moon3ScriptArguments(ScriptArguments):
     )
 
     def __post_init__(self):
+        # TRL's ScriptArguments fields for Hub datasets, which MOON3's file loader does not read
+        ignored = {
+            "dataset_config": None,
+            "dataset_train_split": "train",
+            "dataset_test_split": "test",
+            "dataset_streaming": False,
+            "ignore_bias_buffers": False,
+        }
+        changed = [name for name, default in ignored.items() if getattr(self, name) != default]
+        if changed:
+            raise ValueError(
+                f"--{', --'.join(changed)} not supported: MOON3 reads --dataset_name as JSONL/Parquet files in its "
+                "training format (train/data.py), not a Hub dataset; drop the flag(s)."
+            )
         if self.dataset_name is None and self.synthetic_rows <= 0:
             raise ValueError("Give --dataset_name (JSONL/Parquet files) or --synthetic_rows N (> 0).")
         if self.random_model is not None and self.random_model not in RANDOM_MODEL_SIZES:
@@ -179,3 +200,13 @@ class Moon3GRPOConfig(GRPOConfig):
             raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}.")
         if self.target_reasoning_tokens < 1:
             raise ValueError(f"target_reasoning_tokens must be >= 1, got {self.target_reasoning_tokens}.")
+        if self.cast_lm_head_to_fp32:
+            raise ValueError(
+                "cast_lm_head_to_fp32 is not supported: TRL patches a `model.lm_head`, which MOON3 keeps inside its "
+                "backbone; its policy head upcasts each tile of logits to float32 anyway. Drop the flag."
+            )
+        if self.use_liger_kernel:
+            raise ValueError(
+                "use_liger_kernel is not supported: Liger patches the model types it knows and MOON3 is not one. "
+                "Drop the flag."
+            )

@@ -14,7 +14,6 @@ predict a reasoning token (the last few), not every position.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import defaultdict
 
@@ -22,6 +21,8 @@ import torch
 from transformers import Trainer
 from transformers.loss.loss_utils import ForCausalLMLoss
 
+from train.checkpointing import CheckpointMixin
+from train.distributed import backward_deferring_sync, is_deepspeed_engine, max_across_processes
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ def split_embeddings(embeddings: torch.Tensor, num_queries: int, doc_keys: torch
     return embeddings[:num_queries], embeddings[num_queries : num_queries + len(doc_keys)]
 
 
-class Moon3ContrastiveTrainer(Trainer):
+class Moon3ContrastiveTrainer(CheckpointMixin, Trainer):
     """Trainer for stage 1: `loss = InfoNCE(queries, products) + sft_weight * SFT(reasoning targets)`.
 
     Args:
@@ -65,10 +66,13 @@ class Moon3ContrastiveTrainer(Trainer):
         chunks, num_queries, doc_keys = inputs["chunks"], inputs["num_queries"], inputs["doc_keys"]
         step = self.state.global_step + 1
         scale = 1.0 / self.current_gradient_accumulation_steps
-        if len(chunks) == 1:
+        # Every process runs the same number of chunk forwards and backwards (ZeRO-3 gathers parameters in each, ZeRO-2/3
+        # reduce gradients in each): a process with fewer chunks (fewer SFT rows) repeats its last one with weight 0.
+        num_chunks = max_across_processes(len(chunks))
+        if num_chunks == 1:
             return self._one_pass_step(model, chunks[0], num_queries, doc_keys, step, scale)
-
-        cached = self._embed_without_grad(chunks).requires_grad_()  # (B + N, E)
+        padding = [chunks[-1]] * (num_chunks - len(chunks))
+        cached = self._embed_without_grad(chunks, padding).requires_grad_()  # (B + N, E)
         contrastive = self.loss_fn(*split_embeddings(cached, num_queries, doc_keys), doc_keys=doc_keys)
         if self.args.stop_on_nonfinite_loss:
             check_finite(contrastive.detach(), "contrastive (InfoNCE)", step)
@@ -78,16 +82,20 @@ class Moon3ContrastiveTrainer(Trainer):
         total_label_tokens = sum(int((chunk["labels"] != -100).sum()) for chunk in chunks)
         sft_total = torch.zeros((), device=cached.device)
         start = 0
-        for index, chunk in enumerate(chunks):
-            size = chunk["input_ids"].shape[0]
-            sync = contextlib.nullcontext() if index == len(chunks) - 1 else self._no_sync(model)
-            with sync:
+        for index, chunk in enumerate(chunks + padding):
+            if index < len(chunks):
+                size = chunk["input_ids"].shape[0]
                 surrogate, sft_part = self._chunk_surrogate(
                     model, chunk, cached_grad[start : start + size], total_label_tokens
                 )
-                self.accelerator.backward(surrogate)
-            sft_total = sft_total + sft_part
-            start += size
+                sft_total, start = sft_total + sft_part, start + size
+            else:
+                embeddings, sft = self._forward_chunk(model, chunk)
+                surrogate = 0.0 * (embeddings.sum() + sft)  # same forward and backward, no gradient
+            if index == num_chunks - 1:
+                self.accelerator.backward(surrogate, **self._backward_kwargs(model))
+            else:
+                backward_deferring_sync(model, surrogate, self.accelerator.backward)
         if self.args.stop_on_nonfinite_loss:
             check_finite(sft_total, "SFT (reasoning targets)", step)
         self._record_step(contrastive.item(), sft_total.item(), cached, num_queries, doc_keys)
@@ -102,7 +110,7 @@ class Moon3ContrastiveTrainer(Trainer):
             check_finite(contrastive.detach(), "contrastive (InfoNCE)", step)
             check_finite(sft.detach(), "SFT (reasoning targets)", step)
         loss = contrastive + self.args.sft_weight * sft
-        self.accelerator.backward(loss * scale)
+        self.accelerator.backward(loss * scale, **self._backward_kwargs(model))
         self._record_step(contrastive.item(), sft.item(), embeddings.detach(), num_queries, doc_keys)
         return loss.detach() * scale
 
@@ -132,9 +140,14 @@ class Moon3ContrastiveTrainer(Trainer):
         labels = chunk["labels"]
         labelled = labels != -100  # (B, L)
         model_inputs = {key: value for key, value in chunk.items() if key != "labels"}
-        if self.args.sft_weight <= 0 or not bool(labelled.any()):
+        if self.args.sft_weight <= 0:
             outputs = model(**model_inputs, return_embeddings=True)
             return outputs.embeddings, torch.zeros((), device=labels.device)
+        if not bool(labelled.any()):
+            # The LM head still runs (one position, weight 0): a chunk without SFT rows on one process must call the
+            # same modules as the others (ZeRO-3 gathers each module's parameters collectively).
+            outputs = model(**model_inputs, logits_to_keep=1, return_embeddings=True)
+            return outputs.embeddings, 0.0 * outputs.logits.float().sum()
         first = int(labelled.any(dim=0).nonzero()[0])
         keep = labels.shape[1] - first + 1
         outputs = model(**model_inputs, logits_to_keep=keep, return_embeddings=True)
@@ -142,18 +155,21 @@ class Moon3ContrastiveTrainer(Trainer):
         return outputs.embeddings, sft
 
     @torch.no_grad()
-    def _embed_without_grad(self, chunks) -> torch.Tensor:
+    def _embed_without_grad(self, chunks, padding=()) -> torch.Tensor:
+        """Embeddings of every chunk (Tensor[B + N, E]); the `padding` chunks run too (same forwards on every
+        process) and are dropped."""
         module = self.accelerator.unwrap_model(self.model_wrapped)
         embeddings = []
-        for chunk in chunks:
+        for chunk in [*chunks, *padding]:
             model_inputs = {key: value for key, value in chunk.items() if key != "labels"}
             embeddings.append(module(**model_inputs, return_embeddings=True).embeddings)
-        return torch.cat(embeddings).detach()  # (B + N, E)
+        return torch.cat(embeddings[: len(chunks)]).detach()  # (B + N, E)
 
     @staticmethod
-    def _no_sync(model):
-        # DDP all-reduces on every backward; only the last chunk's backward should do it.
-        return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+    def _backward_kwargs(model) -> dict:
+        # The step's loss is already divided by the accumulation steps; DeepSpeed's backward would divide again
+        # (transformers.Trainer passes the same flag under DeepSpeed).
+        return {"scale_wrt_gas": False} if is_deepspeed_engine(model) else {}
 
     def _record(self, name: str, value: float) -> None:
         self._moon3_metrics[name].append(value)

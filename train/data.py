@@ -9,15 +9,24 @@ Format (one JSON object per line in `.jsonl`, or one row per record in `.parquet
      "reasoning": "audience: Women; colour: Blue; usage: Casual."}  # optional reasoning target for the query
 
 Products take the keys `Moon3Processor` reads (`id`, `title`, `attributes`, `description`, `images`/`image`); queries
-the keys `text` and `image`/`images`. Image paths are absolute or relative to the working directory (the builders write absolute paths). `null` values
-and absent keys mean the same thing (Arrow fills missing struct fields with null, so they cannot be told apart).
+the keys `text` and `image`/`images`. Image paths are absolute or relative to the working directory (the builders write
+absolute paths). `null` values and absent keys mean the same thing. Attribute keys are free: each product has its own
+(fashion and Abt-Buy rows mix in one file or across files); values are strings, finite numbers, booleans or lists of
+those. Loaded rows share one Arrow schema (`row_features`): `attributes` is kept as JSON text in its own key order and
+decoded by `clean_item`.
+
+Validation (`python -m train.data validate`, and both training stages before their first step) checks each row's
+schema, then builds every query and product with the processor as a training step will (keys, types, images opened and
+decoded). Errors name the file, its row (0-based) and line, and the field; `--skip-bad-rows` (`--skip_bad_rows` in
+training) leaves bad rows out, counts them and lists them in a rejects file (JSON Lines: file, row, line, error, raw).
 
 Command line:
 
     python -m train.data build-fashion --data ../shared/data/fashion-product-images --split train --out fashion.jsonl
     python -m train.data build-abt-buy --data ../shared/data/abt-buy --out abt_buy.jsonl
     python -m train.data synthetic --num-rows 64 --out tiny.jsonl
-    python -m train.data validate fashion.jsonl
+    python -m train.data validate fashion.jsonl abt_buy.jsonl            # shipped processor; --schema-only skips it
+    python -m train.data validate rows.jsonl --skip-bad-rows --rejects rejects.jsonl
 """
 
 from __future__ import annotations
@@ -27,11 +36,16 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from train.build_tokenizer import MOON3_TOKENS
+from train.fashion import fashion_reasoning
 
 logger = logging.getLogger(__name__)
 
@@ -43,82 +57,389 @@ ROW_KEYS = frozenset({"query", "positive", "negatives", "reasoning"})
 
 # --------------------------------------------------------------------------- loading and validation
 
+PRODUCT_KEYS = frozenset({"id", "title", "attributes", "description", "images", "image"})  # as Moon3Processor reads
+QUERY_KEYS = frozenset({"text", "image", "images"})
+# One Arrow schema for every row, whatever its products' attribute keys: `attributes` is stored as a JSON object string
+# (key order kept; `clean_item` decodes it), images always as `images` lists, ids as strings.
+_PRODUCT_FEATURE = {
+    "id": "string",
+    "title": "string",
+    "attributes": "string",
+    "description": "string",
+    "images": ["string"],
+}
 
-def load_pairs(path: str | Path | list[str | Path], validate: bool = True):
+
+def row_features():
+    """The `datasets.Features` every loaded training row has (see `_PRODUCT_FEATURE`)."""
+    from datasets import Features, List, Value
+
+    product = {key: List(Value("string")) if key == "images" else Value("string") for key in _PRODUCT_FEATURE}
+    return Features(
+        {
+            "query": {"text": Value("string"), "images": List(Value("string"))},
+            "positive": product,
+            "negatives": List(product),
+            "reasoning": Value("string"),
+        }
+    )
+
+
+@dataclass
+class RowRecord:
+    """One validated training row (in the stored form of `row_features`) and where it came from."""
+
+    where: str  # e.g. "a.jsonl row 3 (line 4)"
+    row: dict
+
+
+@dataclass
+class RowReject:
+    """A row that failed validation: its place, the error and the row as read (JSON text or object)."""
+
+    file: str
+    row: int
+    line: int | None
+    error: str
+    raw: Any
+
+    def as_json(self) -> dict:
+        raw = json.loads(json.dumps(self.raw, ensure_ascii=False, default=repr))  # e.g. bytes from a Parquet file
+        return {"file": self.file, "row": self.row, "line": self.line, "error": self.error, "raw": raw}
+
+
+def load_pairs(
+    path: str | Path | list[str | Path],
+    processor=None,
+    skip_bad_rows: bool = False,
+    rejects_path: str | Path | None = None,
+    progress: bool = True,
+):
     """Load training rows from JSONL or Parquet file(s) into a `datasets.Dataset`, validated row by row.
 
-    Raises `ValueError` naming the file, the row index and the field for malformed rows.
+    With a `processor`, every query and product is also built as training will build it (images opened and decoded,
+    keys and types checked by `Moon3Processor`). Bad rows raise `ValueError` naming the file, its row (and line) and the
+    field; with `skip_bad_rows` they are left out, counted, and written to `rejects_path` (JSON Lines) instead.
+    Rows may have any attribute keys, differing between files and between rows of one file.
     """
-    from datasets import load_dataset
+    records, rejects = read_records(path, skip_bad_rows=skip_bad_rows)
+    if processor is not None:
+        records, more = check_records(records, processor, skip_bad_rows=skip_bad_rows, progress=progress)
+        rejects += more
+    report_rejects(rejects, rejects_path, len(records))
+    return records_to_dataset(records)
 
-    paths = [Path(p) for p in (path if isinstance(path, list) else [path])]
+
+def read_records(path, skip_bad_rows: bool = False) -> tuple[list[RowRecord], list[RowReject]]:
+    """Parse and statically validate the rows of `path` (one file or a list). Returns (good rows, rejects)."""
+    paths = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    if not paths:
+        raise ValueError("no training data files given.")
     for p in paths:
         if not p.is_file():
             raise ValueError(f"training data file {str(p)!r} does not exist.")
-    suffixes = {p.suffix for p in paths}
-    if suffixes <= {".jsonl", ".json"}:
-        builder = "json"
-    elif suffixes == {".parquet"}:
-        builder = "parquet"
-    else:
-        raise ValueError(f"training data must be .jsonl or .parquet files (all of one kind), got {sorted(suffixes)}.")
+        if p.suffix not in (".jsonl", ".json", ".parquet"):
+            raise ValueError(f"training data must be .jsonl, .json or .parquet files, got {str(p)!r}.")
+    records, rejects = [], []
+    for p in paths:
+        for index, line, raw, error in _read_file(p):
+            where = f"{p} row {index}" + (f" (line {line})" if line is not None else "")
+            try:
+                if error is not None:
+                    raise ValueError(f"{where}: {error}")
+                row = validate_row(raw, where=where)
+            except ValueError as failure:
+                if not skip_bad_rows:
+                    raise
+                rejects.append(RowReject(str(p), index, line, str(failure), raw))
+                continue
+            records.append(RowRecord(where, row))
+    if not records and not rejects:
+        raise ValueError(f"no training rows in {[str(p) for p in paths]}.")
+    return records, rejects
+
+
+def check_records(records, processor, skip_bad_rows: bool = False, progress: bool = True):
+    """Build every query and product of `records` with `processor` as training will (images opened and decoded).
+
+    Returns (good records, rejects); raises `ValueError` naming the row and field unless `skip_bad_rows`.
+    """
+    from tqdm.auto import tqdm
+
+    good, rejects = [], []
+    for record in tqdm(records, desc="Checking rows (images, keys, types)", unit="row", disable=not progress):
+        try:
+            check_row_with_processor(record.row, processor, record.where)
+        except ValueError as failure:
+            if not skip_bad_rows:
+                raise
+            file, row, line = _parse_where(record.where)
+            rejects.append(RowReject(file, row, line, str(failure), clean_item(record.row)))
+            continue
+        good.append(record)
+    return good, rejects
+
+
+def check_row_with_processor(row: Mapping[str, Any], processor, where: str) -> None:
+    """Raise `ValueError` naming `where` and the field if `processor` cannot build the row's query or products."""
+    items = [("query", "query", query_item(row["query"]))]
+    items.append(("positive", "document", clean_item(row["positive"])))
+    items += [(f"negatives[{n}]", "document", clean_item(p)) for n, p in enumerate(row.get("negatives") or [])]
+    for field, kind, item in items:
+        try:
+            processor.build_messages(item, kind=kind)
+        except (ValueError, TypeError, OSError) as error:
+            message = str(error)
+            for prefix in ("queries[0]", "products[0]"):  # the processor names the item of a one-item call
+                if message.startswith(prefix):
+                    message = f"{field!r}{message[len(prefix) :]}"
+                    break
+            else:
+                message = f"{field!r}: {message}"
+            raise ValueError(f"{where}: {message}") from error
+
+
+def report_rejects(rejects: list[RowReject], rejects_path, kept: int) -> None:
+    """Write `rejects` to `rejects_path` (JSON Lines, atomically) and log their count; refuse an empty result."""
+    if rejects:
+        if rejects_path is not None:
+            write_jsonl((reject.as_json() for reject in rejects), Path(rejects_path))
+        logger.warning(
+            "skipped %d bad training rows (kept %d)%s",
+            len(rejects),
+            kept,
+            f"; they are listed in {rejects_path}" if rejects_path is not None else "",
+        )
+        print(
+            f"skipped {len(rejects)} bad rows, kept {kept}" + (f"; rejects in {rejects_path}" if rejects_path else "")
+        )
+    if kept == 0:
+        first = f" First error: {rejects[0].error}" if rejects else ""
+        raise ValueError(f"no valid training rows left after skipping {len(rejects)} bad rows.{first}")
+
+
+def records_to_dataset(records: list[RowRecord]):
+    """The rows of `records` as a `datasets.Dataset` with the schema of `row_features`."""
+    from datasets import Dataset
+
+    return Dataset.from_list([record.row for record in records], features=row_features())
+
+
+def rows_to_dataset(rows: Iterable[Mapping[str, Any]], source: str = "rows"):
+    """Validate in-memory rows (e.g. `synthetic_rows`) and store them like loaded files."""
+    records = [
+        RowRecord(f"{source} row {i}", validate_row(row, where=f"{source} row {i}")) for i, row in enumerate(rows)
+    ]
+    return records_to_dataset(records)
+
+
+def _parse_where(where: str) -> tuple[str, int, int | None]:
+    head, _, tail = where.rpartition(" row ")
+    parts = tail.split(" (line ")
+    line = int(parts[1].rstrip(")")) if len(parts) > 1 else None
+    return head, int(parts[0]), line
+
+
+_JSON_HINT = (
+    "Each line of a .jsonl file must hold one complete JSON object (a row); a pretty-printed JSON file spans lines: "
+    "write one object per line (e.g. `jq -c '.[]' rows.json > rows.jsonl`)."
+)
+
+
+def _read_file(path: Path):
+    """Yield (row index, line number or None, raw row or text, parse error or None) for each row of `path`."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as error:  # pyarrow raises several types for a damaged file
+            raise ValueError(f"{path}: cannot read it as Parquet ({type(error).__name__}: {error}).") from error
+        for index, row in enumerate(table.to_pylist()):
+            yield index, None, row, None
+        return
     try:
-        dataset = load_dataset(builder, data_files=[str(p) for p in paths], split="train")
-    except Exception as error:  # Arrow errors (mixed types, bad JSON) are hard to read; say what to check
-        raise ValueError(
-            f"could not load {[str(p) for p in paths]} with datasets ({type(error).__name__}: {error}). Each row must "
-            "be a JSON object; give `query` the same type on every row (e.g. always {'text': ...})."
-        ) from error
-    if validate:
-        for index, row in enumerate(dataset):
-            validate_row(row, index, source=str(paths[0]))
-    return dataset
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error}); save the file as UTF-8 JSON Lines.") from error
+    if path.suffix == ".json" and text.lstrip().startswith("["):  # a JSON array of rows
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{path}: invalid JSON array at line {error.lineno} column {error.colno}: {error.msg}."
+            ) from error
+        for index, row in enumerate(rows):
+            yield index, None, row, None if isinstance(row, dict) else _not_an_object(row)
+        return
+    index = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            yield index, number, line, f"invalid JSON at column {error.colno}: {error.msg}. {_json_hint(line)}"
+        else:
+            yield index, number, row, None if isinstance(row, dict) else _not_an_object(row)
+        index += 1
 
 
-def validate_row(row: Mapping[str, Any], index: int = 0, source: str = "data") -> None:
-    """Raise `ValueError` if `row` is not a valid training row (see the module docstring)."""
-    where = f"{source} row {index}"
-    unknown = sorted(key for key, value in row.items() if key not in ROW_KEYS and value is not None)
+def _json_hint(line: str) -> str:
+    """What to fix for a line that is not valid JSON."""
+    text = line.strip()
+    if text.startswith("[") or text in ("]", "],"):
+        return "The file looks like a JSON array: " + _JSON_HINT
+    if (text.startswith("{") and not text.endswith("}")) or text.startswith(('"', "}")):
+        return "This row continues on another line: " + _JSON_HINT
+    return "Fix the JSON syntax at that column (double quotes around keys and strings, no trailing commas)."
+
+
+def _not_an_object(value: Any) -> str:
+    if isinstance(value, list):
+        return "this line holds a JSON array; the file looks like a JSON array: " + _JSON_HINT
+    return f"a row must be a JSON object with 'query' and 'positive', got a {type(value).__name__}. {_JSON_HINT}"
+
+
+def validate_row(row: Any, index: int = 0, source: str = "data", where: str | None = None) -> dict:
+    """Raise `ValueError` if `row` is not a valid training row (see the module docstring); return its stored form.
+
+    Errors name `where` (default `"<source> row <index>"`) and the field, e.g. `positive.attributes['size']`.
+    """
+    where = where or f"{source} row {index}"
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{where}: {_not_an_object(row)}")
+    row = _decode_stored(row)
+    unknown = sorted((str(key) for key, value in row.items() if key not in ROW_KEYS and value is not None))
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; allowed keys are {sorted(ROW_KEYS)}.")
     query = clean_item(row.get("query"))
     if query is None or query == {} or query == "":
         raise ValueError(f"{where}: 'query' is missing or empty; give query text, an image, or both.")
-    if isinstance(query, Mapping):
-        if not (str(query.get("text") or "").strip() or query.get("image") or query.get("images")):
-            raise ValueError(f"{where}: 'query' needs non-empty 'text' or an 'image', got {dict(query)}.")
-    elif not isinstance(query, str):
+    if isinstance(query, str):
+        query = {"text": query}
+    elif isinstance(query, Mapping):
+        _check_keys(query, QUERY_KEYS, f"{where}: 'query'")
+        _check_text(query, "text", f"{where}: 'query'")
+    else:
         raise ValueError(
             f"{where}: 'query' must be a string or an object with 'text'/'image', got {type(query).__name__}."
         )
-    _validate_product(row.get("positive"), f"{where}: 'positive'")
-    negatives = row.get("negatives")
-    if negatives is not None:
-        if not isinstance(negatives, list):
-            raise ValueError(f"{where}: 'negatives' must be a list of products, got {type(negatives).__name__}.")
-        for n, negative in enumerate(negatives):
-            _validate_product(negative, f"{where}: 'negatives[{n}]'")
+    query_images = _check_images(query, f"{where}: 'query'")
+    if not (str(query.get("text") or "").strip() or query_images):
+        raise ValueError(f"{where}: 'query' needs non-empty 'text' or an 'image', got {dict(query)}.")
+    stored = {
+        "query": {"text": query.get("text"), "images": query_images or None},
+        "positive": _validate_product(row.get("positive"), f"{where}: 'positive'"),
+    }
+    negatives = clean_item(row.get("negatives"))
+    if negatives is not None and not isinstance(negatives, list):
+        raise ValueError(f"{where}: 'negatives' must be a list of products, got {type(negatives).__name__}.")
+    stored["negatives"] = [_validate_product(n, f"{where}: 'negatives[{i}]'") for i, n in enumerate(negatives or [])]
     reasoning = row.get("reasoning")
     if reasoning is not None and not isinstance(reasoning, str):
         raise ValueError(f"{where}: 'reasoning' must be a string, got {type(reasoning).__name__}.")
+    stored["reasoning"] = reasoning
+    return stored
 
 
-def _validate_product(product: Any, where: str) -> None:
+def _validate_product(product: Any, where: str) -> dict:
     product = clean_item(product)
     if not isinstance(product, Mapping):
         raise ValueError(f"{where} must be a product object with 'title'/'attributes'/'images', got {product!r}.")
-    has_text = str(product.get("title") or "").strip() or product.get("attributes") or product.get("description")
-    if not has_text and not (product.get("images") or product.get("image")):
-        raise ValueError(f"{where} is empty: it needs a title, attributes, a description or an image.")
+    _check_keys(product, PRODUCT_KEYS, where)
+    for key in ("title", "description"):
+        _check_text(product, key, where)
+    product_id = product.get("id")
+    if product_id is not None and (isinstance(product_id, bool) or not isinstance(product_id, (str, int))):
+        raise ValueError(f"{where}.id must be a string or an integer, got {type(product_id).__name__}.")
     attributes = product.get("attributes")
-    if attributes is not None and not isinstance(attributes, Mapping):
-        raise ValueError(f"{where}.attributes must be an object of name -> value, got {type(attributes).__name__}.")
+    if attributes is not None:
+        if not isinstance(attributes, Mapping):
+            raise ValueError(
+                f"{where}.attributes must be an object of name -> value, got {type(attributes).__name__}."
+            )
+        for name, value in attributes.items():
+            _check_attribute_value(value, f"{where}.attributes[{name!r}]")
+    images = _check_images(product, where)
+    has_text = str(product.get("title") or "").strip() or attributes or str(product.get("description") or "").strip()
+    if not has_text and not images:
+        raise ValueError(f"{where} is empty: it needs a title, attributes, a description or an image.")
+    return {
+        "id": None if product_id is None else str(product_id),
+        "title": product.get("title"),
+        "attributes": None if attributes is None else json.dumps(dict(attributes), ensure_ascii=False),
+        "description": product.get("description"),
+        "images": images or None,
+    }
+
+
+def _check_keys(item: Mapping, allowed: frozenset, where: str) -> None:
+    unknown = sorted(str(key) for key in item if key not in allowed)
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; allowed keys are {sorted(allowed)}.")
+
+
+def _check_text(item: Mapping, key: str, where: str) -> None:
+    if key in item and not isinstance(item[key], str):
+        raise ValueError(f"{where}.{key} must be a string, got {type(item[key]).__name__} ({item[key]!r}).")
+
+
+def _check_attribute_value(value: Any, where: str) -> None:
+    """Attribute values are strings, finite numbers, booleans, or lists of those."""
+    values = value if isinstance(value, list) else [value]
+    for item in values:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{where} is {item}; give a finite number or drop the attribute.")
+        if not isinstance(item, (str, int, float, bool)):
+            raise ValueError(
+                f"{where} must be a string, number, boolean or a list of those, got {type(item).__name__} ({item!r})."
+            )
+
+
+def _check_images(item: Mapping, where: str) -> list[str]:
+    """The item's image paths as a list (from `image` or `images`); raises on other types."""
+    if "image" in item and "images" in item:
+        raise ValueError(f"{where} has both 'image' and 'images'; use 'images' for a list.")
+    key = "images" if "images" in item else "image"
+    images = item.get(key, [])
+    images = [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(p, str) and p.strip() for p in images):
+        raise ValueError(f"{where}.{key} must be an image path or a list of non-empty paths, got {images!r}.")
+    return images
+
+
+def _decode_stored(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Rows re-read from a Parquet file written by `records_to_dataset` hold `attributes` as JSON text: decode it."""
+
+    def product(value):
+        if isinstance(value, Mapping) and isinstance(value.get("attributes"), str):
+            return {**value, "attributes": _json_object(value["attributes"])}
+        return value
+
+    row = dict(row)
+    if "positive" in row:
+        row["positive"] = product(row["positive"])
+    if isinstance(row.get("negatives"), list):
+        row["negatives"] = [product(n) for n in row["negatives"]]
+    return row
+
+
+def _json_object(text: str) -> Any:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text  # not stored by us: validation reports the string
+    return value if isinstance(value, dict) else text
 
 
 def clean_item(item: Any) -> Any:
-    """Drop null values from nested dicts (Arrow fills absent struct fields with null) and empty image lists."""
+    """Drop null values from nested dicts (Arrow fills absent struct fields with null) and empty image lists; decode
+    `attributes` stored as JSON text (see `row_features`)."""
     if isinstance(item, Mapping):
         cleaned = {key: clean_item(value) for key, value in item.items() if value is not None}
+        if isinstance(cleaned.get("attributes"), str):
+            cleaned["attributes"] = _json_object(cleaned["attributes"])
         return {key: value for key, value in cleaned.items() if not (key in ("images", "image") and value == [])}
     if isinstance(item, list):
         return [clean_item(value) for value in item if value is not None]
@@ -206,8 +527,8 @@ class Moon3PairCollator:
         self.chunk_size = chunk_size
         self.num_hard_negatives = num_hard_negatives
         tokenizer = processor.tokenizer
-        self.think_token_id = tokenizer.convert_tokens_to_ids("<think>")
-        self.closing_text = "</think><emb>"
+        self.think_token_id = tokenizer.convert_tokens_to_ids(MOON3_TOKENS["think"])
+        self.closing_text = MOON3_TOKENS["think_end"] + MOON3_TOKENS["emb"]
 
     def __call__(self, rows: list[dict]) -> dict:
         import torch
@@ -253,17 +574,40 @@ class Moon3PairCollator:
 
 
 def write_jsonl(rows: Iterable[Mapping[str, Any]], out: Path) -> int:
-    """Write rows to `out` (JSON Lines, written to a temporary file, then moved in). Returns the row count."""
+    """Write rows to `out` (JSON Lines, written to a temporary file, then moved in). Returns the row count.
+
+    Nothing is left behind when writing fails (the temporary file is removed); a folder as `out` is refused.
+    """
+    import os
+    import tempfile
+
     out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a folder; give a file name such as {str(out / 'rows.jsonl')!r}.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.with_suffix(out.suffix + ".tmp")
+    fd, staging = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     count = 0
-    with staging.open("w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-            count += 1
-    staging.replace(out)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(staging, 0o666 & ~_umask())
+        os.replace(staging, out)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
     return count
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_fashion_products(data_dir: Path, split: str | None = "train") -> list[dict]:
@@ -298,13 +642,17 @@ def fashion_rows(
     queries, those the query names for attribute queries. Hard negatives share the product's article type but
     differ in colour or audience.
     """
-    from train.moon3_code import Moon3Processor
 
     rng = random.Random(seed)
     kinds = set(kinds)
     unknown = kinds - {"title", "image", "attribute"}
     if unknown:
         raise ValueError(f"kinds must be among ['title', 'image', 'attribute'], got {sorted(unknown)}.")
+    if hard_negatives < 0 or max_per_attribute_query < 1:
+        raise ValueError(
+            f"hard_negatives must be >= 0 (got {hard_negatives}) and max_per_attribute_query >= 1 "
+            f"(got {max_per_attribute_query})."
+        )
     by_type = defaultdict(list)
     for product in products:
         by_type[product["attributes"].get("articleType")].append(product)
@@ -331,7 +679,7 @@ def fashion_rows(
 
     rows = []
     for product in products:
-        reasoning = Moon3Processor.format_reasoning(product["attributes"])
+        reasoning = fashion_reasoning(product["attributes"])
         if "title" in kinds and product["title"]:
             rows.append(row({"text": product["title"]}, product, reasoning))
         if "image" in kinds and product.get("images"):
@@ -345,7 +693,7 @@ def fashion_rows(
         for values, members in sorted(groups.items()):
             named = dict(zip(QUERY_ATTRIBUTES, values, strict=True))
             text = " ".join(value.lower() for value in values)
-            reasoning = Moon3Processor.format_reasoning(named)
+            reasoning = fashion_reasoning(named)
             for product in rng.sample(members, min(max_per_attribute_query, len(members))):
                 rows.append(row({"text": text}, product, reasoning))
     return rows
@@ -382,8 +730,9 @@ def synthetic_rows(num_rows: int = 64, seed: int = 0) -> list[dict]:
 
     It needs no files, so that tests and the tiny recipe run from a clean checkout.
     """
-    from train.moon3_code import Moon3Processor
 
+    if num_rows < 1:
+        raise ValueError(f"num_rows must be >= 1, got {num_rows}.")
     rng = random.Random(seed)
     combos = [(g, c, t) for g in SYNTHETIC_GENDERS for c in SYNTHETIC_COLOURS for t in SYNTHETIC_TYPES]
     rng.shuffle(combos)
@@ -397,13 +746,27 @@ def synthetic_rows(num_rows: int = 64, seed: int = 0) -> list[dict]:
             "attributes": attributes,
         }
         query = f"{gender.lower()} {colour.lower()} {kind.lower()}"
-        rows.append(
-            {"query": {"text": query}, "positive": product, "reasoning": Moon3Processor.format_reasoning(attributes)}
-        )
+        rows.append({"query": {"text": query}, "positive": product, "reasoning": fashion_reasoning(attributes)})
     return rows
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer >= `minimum`, with an error naming the bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -412,41 +775,90 @@ def make_parser() -> argparse.ArgumentParser:
     fashion = commands.add_parser("build-fashion", help="pairs from the fashion catalogue (products.csv)")
     fashion.add_argument("--data", type=Path, required=True, help="the fashion-product-images folder")
     fashion.add_argument("--split", default="train", choices=["train", "val", "test"], help="fixed split to use")
-    fashion.add_argument("--kinds", nargs="+", default=["title", "image", "attribute"], help="query kinds to build")
-    fashion.add_argument("--max-per-attribute-query", type=int, default=3, help="products per attribute query")
-    fashion.add_argument("--hard-negatives", type=int, default=0, help="hard negatives per row (0 = none)")
-    fashion.add_argument("--limit", type=int, default=0, help="use only the first N products (0 = all)")
+    fashion.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["title", "image", "attribute"],
+        choices=["title", "image", "attribute"],
+        help="query kinds to build",
+    )
+    fashion.add_argument("--max-per-attribute-query", type=at_least(1), default=3, help="products per attribute query")
+    fashion.add_argument("--hard-negatives", type=at_least(0), default=0, help="hard negatives per row (0 = none)")
+    fashion.add_argument("--limit", type=at_least(0), default=0, help="use only the first N products (0 = all)")
     fashion.add_argument("--seed", type=int, default=0, help="seed for sampling negatives and attribute positives")
     fashion.add_argument("--out", type=Path, required=True, help="output .jsonl")
     abt = commands.add_parser("build-abt-buy", help="same-product pairs from Abt-Buy's train split")
     abt.add_argument("--data", type=Path, required=True, help="the abt-buy folder")
     abt.add_argument("--out", type=Path, required=True, help="output .jsonl")
     synthetic = commands.add_parser("synthetic", help="a tiny synthetic catalogue (no files needed)")
-    synthetic.add_argument("--num-rows", type=int, default=64, help="number of rows")
+    synthetic.add_argument("--num-rows", type=at_least(1), default=64, help="number of rows (>= 1)")
     synthetic.add_argument("--seed", type=int, default=0, help="shuffle seed")
     synthetic.add_argument("--out", type=Path, required=True, help="output .jsonl")
-    validate = commands.add_parser("validate", help="load and validate data files")
+    validate = commands.add_parser(
+        "validate",
+        help="check every row as training will read it (schema, keys, types; images opened with the processor)",
+    )
     validate.add_argument("paths", type=Path, nargs="+", help=".jsonl or .parquet files")
+    validate.add_argument(
+        "--processor",
+        type=Path,
+        default=None,
+        help="checkpoint folder whose processor builds the rows (default: this repository's shipped checkpoint)",
+    )
+    validate.add_argument("--schema-only", action="store_true", help="check the schema only, without the processor")
+    validate.add_argument(
+        "--skip-bad-rows", action="store_true", help="count bad rows and list them in --rejects instead of failing"
+    )
+    validate.add_argument("--rejects", type=Path, default=None, help="JSON Lines file for the rejected rows")
     return parser
 
 
+def default_processor(path: Path | None = None):
+    """The processor training uses to build rows: from `path` (a checkpoint folder) or the shipped checkpoint."""
+    from train.moon3_code import REPO_ROOT, Moon3Processor
+
+    folder = Path(path) if path is not None else REPO_ROOT
+    if not (folder / "processor_config.json").is_file():
+        raise ValueError(f"--processor {str(folder)!r} has no processor_config.json; give a MOON3 checkpoint folder.")
+    return Moon3Processor.from_pretrained(str(folder))
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.command == "build-fashion":
-        products = read_fashion_products(args.data, args.split)
-        products = products[: args.limit] if args.limit else products
-        rows = fashion_rows(products, args.kinds, args.max_per_attribute_query, args.hard_negatives, args.seed)
-    elif args.command == "build-abt-buy":
-        rows = abt_buy_rows(args.data)
-    elif args.command == "synthetic":
-        rows = synthetic_rows(args.num_rows, args.seed)
-    else:
-        dataset = load_pairs([str(p) for p in args.paths])
-        print(f"{len(dataset)} valid rows in {[str(p) for p in args.paths]}")
-        return
-    count = write_jsonl(rows, args.out)
+    try:
+        if args.command == "validate":
+            _validate_command(args)
+            return
+        if args.command == "build-fashion":
+            products = read_fashion_products(args.data, args.split)
+            products = products[: args.limit] if args.limit else products
+            rows = fashion_rows(products, args.kinds, args.max_per_attribute_query, args.hard_negatives, args.seed)
+        elif args.command == "build-abt-buy":
+            rows = abt_buy_rows(args.data)
+        else:
+            rows = synthetic_rows(args.num_rows, args.seed)
+        if not rows:
+            raise ValueError("no rows to write: the selection is empty (check --split, --limit and --kinds).")
+        count = write_jsonl(rows, args.out)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
     print(f"wrote {count} rows to {args.out}")
+
+
+def _validate_command(args) -> None:
+    if args.rejects is not None and not args.skip_bad_rows:
+        raise ValueError("--rejects needs --skip-bad-rows.")
+    processor = None if args.schema_only else default_processor(args.processor)
+    rejects_path = args.rejects
+    if args.skip_bad_rows and rejects_path is None:
+        rejects_path = args.paths[0].with_name(args.paths[0].stem + ".rejects.jsonl")
+    dataset = load_pairs(
+        [str(p) for p in args.paths], processor=processor, skip_bad_rows=args.skip_bad_rows, rejects_path=rejects_path
+    )
+    checked = "schema" if processor is None else "schema, keys, types and images (with the processor)"
+    print(f"{len(dataset)} valid rows in {[str(p) for p in args.paths]} ({checked} checked)")
 
 
 if __name__ == "__main__":

@@ -3,10 +3,10 @@
 Launch:
 
     # tiny smoke run from a clean checkout (random tiny MOON3, synthetic catalogue): one CPU process, then two
-    accelerate launch --config_file train/accelerate/cpu_1proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml
-    accelerate launch --config_file train/accelerate/cpu_2proc.yaml train/grpo_contrastive.py --config train/recipes/tiny_grpo.yaml
-    # a real backbone on GPUs (after stage 1), DeepSpeed ZeRO-2, vLLM generation through TRL's option
-    accelerate launch --config_file train/accelerate/zero2.yaml train/grpo_contrastive.py --config train/recipes/qwen3_vl_2b_grpo.yaml
+    accelerate launch --config_file train/accelerate/cpu_1proc.yaml -m train.grpo_contrastive --config train/recipes/tiny_grpo.yaml
+    accelerate launch --config_file train/accelerate/cpu_2proc.yaml -m train.grpo_contrastive --config train/recipes/tiny_grpo.yaml
+    # a real backbone on GPUs (after stage 1), DeepSpeed ZeRO-2 (not run here: no GPU; see docs/training.md)
+    accelerate launch --config_file train/accelerate/zero2.yaml -m train.grpo_contrastive --config train/recipes/qwen3_vl_2b_grpo.yaml
 
 How this departs from textbook GRPO (DeepSeekMath):
 - The reward is not a verifier's verdict but how well the reasoning helps the embedding retrieve: each completion
@@ -17,7 +17,9 @@ How this departs from textbook GRPO (DeepSeekMath):
   come from the same forward pass as the token log-probabilities (MOON3 returns both), so the contrastive term costs
   no extra policy forward; the candidates carry no gradient (they were embedded while scoring).
 - Generation stops at `<emb>` instead of the tokenizer's end-of-sequence token.
-- Everything else (group-normalised advantages, clipping, KL with `--beta`, vLLM, DeepSpeed) is TRL's, unchanged.
+- Everything else (group-normalised advantages, clipping, KL with `--beta`, DeepSpeed) is TRL's, unchanged.
+- Rollouts use transformers' `generate` with MOON3's own forward; vLLM and continuous batching are refused
+  (they would not sample from the policy being trained, see `train.trainer.check_rollout_engine`).
 
 DDP: text-only data leaves the vision tower out of the step; the recipes set `ddp_find_unused_parameters: true`
 (the policy runs exactly one forward per backward, so this is safe), or pass `--freeze_vision_tower`.
@@ -27,11 +29,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-# Run as a script (`accelerate launch train/grpo_contrastive.py`): make `train` importable.
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a file: its imports would not resolve, and no script edits sys.path
+    raise SystemExit(
+        "Run train/grpo_contrastive.py as a module from the repo root: `accelerate launch ... -m train.grpo_contrastive ...` "
+        "(or `python -m train.grpo_contrastive ...`)."
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +47,40 @@ def make_parser():
     return TrlParser((Moon3ScriptArguments, Moon3GRPOConfig, ModelConfig))
 
 
+def parse_args(argv: list[str] | None = None):
+    """(script args, training args, model args); `--help` is short (MOON3 options first), `--help-all` is TRL's."""
+    from train.cli import parse_training_args
+    from train.config import Moon3GRPOConfig, Moon3ScriptArguments
+
+    return parse_training_args(
+        make_parser(),
+        argv,
+        script="-m train.grpo_contrastive",
+        summary="Stage 2: trains a MOON3 checkpoint with TRL's GRPO (retrieval-rank, format and length rewards on the generated reasoning) plus InfoNCE on the completions' embeddings.",
+        examples=[
+            "accelerate launch --config_file train/accelerate/cpu_1proc.yaml -m train.grpo_contrastive --config train/recipes/tiny_grpo.yaml",
+        ],
+        moon3_classes=[Moon3ScriptArguments, Moon3GRPOConfig],
+    )
+
+
 def main(argv: list[str] | None = None):
-    script_args, training_args, model_args = make_parser().parse_args_and_config(args=argv)
+    script_args, training_args, model_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from train.cold_start import build_model, load_rows, save_loadable
-    from train.data import to_grpo_dataset
+    from train.checkpointing import die_with_parent
+
+    die_with_parent()  # `kill -9` of `accelerate launch` stops this process too
+    from train.data import records_to_dataset, to_grpo_dataset
+    from train.stage_setup import build_model, check_rows, load_rows, save_loadable
     from train.trainer import Moon3GRPOTrainer
 
-    rows = load_rows(script_args)
-    model, processor = build_model(script_args, model_args, rows)
+    records, rejects = load_rows(script_args)  # schema checks; then every row built with the processor before step 1
+    model, processor = build_model(script_args, model_args, records_to_dataset(records), training_args)
+    rows = check_rows(records, processor, script_args, training_args.output_dir, rejects)
     dataset = to_grpo_dataset(rows, processor)
     trainer = Moon3GRPOTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=processor)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    save_loadable(trainer, processor, training_args.output_dir)
+    save_loadable(trainer, processor, training_args.output_dir, model_args.model_name_or_path)
     return trainer
 
 

@@ -5,11 +5,14 @@ forward over prompt + completion would. During `generate()` that hidden state is
 decode step that feeds a finished row's `<emb>` back runs the backbone over it. `GenerationRecorder` keeps, while
 generation runs, the prompt's raw signals (prefill) and the last-position hidden state of every one-token decode step;
 `completion_embeddings` then reads each row's state at its last token, runs ONE more decode step over the
-generation's cache for the rows whose last token was never fed back (cut off, or finished on the last step), and
-applies MOON3's fusion and projection head once to the whole batch.
+generation's cache (cropped to the completions) and applies MOON3's fusion and projection head once to the batch.
 
-`forward_embeddings` is the fallback when nothing was recorded (vLLM or continuous batching): one no-gradient
-forward over the prompt ids TRL generated from (no re-tokenisation, no image re-processing) and the completions.
+That extra decode step runs on EVERY process, every generation, whether or not one of its rows needs it: under
+DeepSpeed ZeRO-3 each forward all-gathers parameters collectively, so a process that skipped it (all its `<emb>`
+already fed back, e.g. under `synced_gpus`, where finished processes keep decoding) would leave the others waiting.
+
+`forward_embeddings` (one forward over prompt ids + completions) is the reference the tests compare against; the
+trainer never falls back to it (a fallback taken on some processes only is exactly what must not happen).
 """
 
 from __future__ import annotations
@@ -60,35 +63,44 @@ class GenerationRecorder:
 
 
 @torch.no_grad()
-def completion_embeddings(model, recorder: GenerationRecorder, completion_ids: list[list[int]]) -> torch.Tensor | None:
-    """Tensor[B, E]: each completion's embedding at its last token, from what `recorder` kept (None if it kept too
-    little: no prefill signals, or rows left for an extra step but no cache)."""
-    if recorder.signals is None or recorder.prompt_mask is None:
-        return None
-    batch = len(completion_ids)
-    last_column = torch.tensor([max(len(ids), 1) - 1 for ids in completion_ids])  # (B,)
-    fed = [recorder.states.get(recorder.prompt_width + int(column)) for column in last_column]
-    missing = [row for row, state in enumerate(fed) if state is None]
-    extra = None
-    if missing:
-        extra = _extra_decode_step(model, recorder, completion_ids)
-        if extra is None:
-            return None
-    rows = torch.arange(batch)
-    states = torch.stack([extra[row] if state is None else state[row] for row, state in zip(rows, fed, strict=True)])
-    return model.embed_states(states, recorder.signals)  # (B, E)
+def completion_embeddings(model, recorder: GenerationRecorder, completion_ids: list[list[int]]) -> torch.Tensor:
+    """Tensor[B, E]: each completion's embedding at its last token, from what `recorder` kept.
+
+    Always runs exactly one decode step (see the module docstring). Raises `RuntimeError` when the recorder saw no
+    prefill or no decode cache: the same on every process, since every process runs the same generation code."""
+    if recorder.signals is None or recorder.prompt_mask is None or recorder.cache is None:
+        raise RuntimeError(
+            "Moon3GRPOTrainer: generate() ran without a prefill or a decode cache that MOON3 could record (the "
+            "completions' embeddings are read from it). Generate with transformers' generate() and use_cache=True."
+        )
+    extra = _extra_decode_step(model, recorder, completion_ids)  # (B, D)
+    width = max(len(ids) for ids in completion_ids)
+    states = []
+    for row, ids in enumerate(completion_ids):
+        last = recorder.prompt_width + max(len(ids), 1) - 1  # absolute position of the row's last token
+        fed = recorder.states.get(last) if len(ids) < width else None  # the widest rows end on the extra step
+        states.append(extra[row] if fed is None else fed[row])
+    return model.embed_states(torch.stack(states), recorder.signals)  # (B, E)
 
 
-def _extra_decode_step(model, recorder: GenerationRecorder, completion_ids):
+def _extra_decode_step(model, recorder: GenerationRecorder, completion_ids) -> torch.Tensor:
     """Final hidden states Tensor[B, D] after feeding each row's last completion token over the generation's cache.
 
-    The cache holds the prompt and every generated column but the last; the rows that need this step end on that
-    last column (other rows feed a pad token, and their result is not used)."""
+    The cache is cropped to the prompt and every generated column but the last (decoding can run past the
+    completions: `synced_gpus` keeps a finished process decoding until all are done); the rows that need this step
+    end on that last column, other rows feed a pad token and their result is not used."""
     config = model.config
     device = recorder.prompt_mask.device
-    width = max(len(ids) for ids in completion_ids)  # generated columns
-    if recorder.cache is None or recorder.cache.get_seq_length() != recorder.prompt_width + width - 1:
-        return None
+    width = max(max(len(ids) for ids in completion_ids), 1)  # generated columns
+    keep = recorder.prompt_width + width - 1
+    surplus = recorder.cache.get_seq_length() - keep
+    if surplus < 0:
+        raise RuntimeError(
+            f"The generation cache holds {keep + surplus} positions but the completions need {keep}; were the "
+            "completions produced by this generate() call?"
+        )
+    if surplus:
+        recorder.cache.crop(-surplus)  # transformers 5: a negative count removes that many trailing positions
     last = [ids[-1] if len(ids) == width else config.pad_token_id for ids in completion_ids]
     input_ids = torch.tensor(last, device=device).unsqueeze(1)  # (B, 1)
     mask = torch.cat([recorder.prompt_mask, recorder.prompt_mask.new_ones(len(last), width)], dim=1)  # (B, P + T)
@@ -101,7 +113,7 @@ def _extra_decode_step(model, recorder: GenerationRecorder, completion_ids):
         use_cache=True,
         return_embeddings=False,
     )
-    return recorder.states.get(recorder.prompt_width + width - 1)
+    return recorder.states[keep]
 
 
 @torch.no_grad()

@@ -13,29 +13,43 @@ through `super()`) and the fused LM head of `_get_per_token_logps_and_entropies`
 (`model(..., labels=..., fused_lm_head=True).log_probs / .entropy`).
 
 The completions' embeddings for the rank reward are read during generation (`train/grpo_embedding.py`): the decode
-step that feeds a row's `<emb>` back has its hidden state; rows cut off or finishing on the last step get one extra
-decode step over the generation's cache. With vLLM it is one no-gradient forward over TRL's prompt ids + completions.
+step that feeds a row's `<emb>` back has its hidden state; one extra decode step over the generation's cache, run on
+every process every time (ZeRO-3 needs the same forwards everywhere), gives the rest. Rollouts use transformers'
+`generate` only: `use_vllm` and `use_transformers_continuous_batching` are refused (`check_rollout_engine`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import logging
 import types
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import is_peft_model
+from torch.utils.checkpoint import checkpoint
 from transformers.utils import ModelOutput
 from trl import GRPOTrainer
-from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+from trl.models import prepare_deepspeed, prepare_fsdp
+from trl.trainer.callbacks import SyncRefModelCallback
+from trl.trainer.utils import RepeatSampler, entropy_from_logits, selective_log_softmax
 
+from train.checkpointing import CheckpointMixin, EpochSeededRepeatSampler
 from train.contrastive_trainer import check_finite
 from train.data import clean_item, product_key
 from train.distributed import gather_no_grad
-from train.grpo_embedding import GenerationRecorder, completion_embeddings, forward_embeddings
+from train.grpo_embedding import GenerationRecorder, completion_embeddings
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
 from train.rewards import moon3_reward_funcs, reasoning_lengths
+
+logger = logging.getLogger(__name__)
+
+# Logits per tile of the policy's log-probabilities: 2**24 float32 values = 64 MiB (TRL's own fused head tiles
+# 4096 tokens x 32768 vocabulary entries).
+LOGIT_TILE_ELEMENTS = 2**24
 
 
 @dataclass
@@ -54,7 +68,10 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
     embedding) in one forward.
 
     TRL's own fused head reads `model.base_model(...).last_hidden_state`, which would skip MOON3's FIRE, fusion and
-    `<emb>` readout; this replaces it. Without `fused_lm_head` the model's own forward runs (generation is unchanged).
+    `<emb>` readout; this one runs MOON3's forward without logits, takes the final hidden states the backbone returned
+    in that same pass, and scores the completion positions tile by tile (`tiled_log_probs`): the full (completions x
+    positions x vocabulary) float32 logits are never materialised, in the forward or the backward.
+    Without `fused_lm_head` the model's own forward runs (generation is unchanged).
     """
 
     @functools.wraps(type(model).forward)  # generate() validates its kwargs against this signature
@@ -68,26 +85,99 @@ def install_fused_policy_head(model, temperature: float = 1.0) -> None:
                 kwargs.setdefault("return_embeddings", False)
             return type(self).forward(self, *args, labels=labels, **kwargs)
         kwargs.pop("num_items_in_batch", None)
-        scored = (labels != -100).any(dim=0).nonzero()  # columns whose token is scored
-        first = int(scored[0]) if len(scored) else labels.shape[1] - 1
-        keep = labels.shape[1] - first + 1  # logits of positions first-1 .. L-1
-        outputs = type(self).forward(
-            self, *args, logits_to_keep=keep, return_embeddings=True, use_cache=False, **kwargs
+        final_states: list[torch.Tensor] = []
+        handle = self.backbone.model.register_forward_hook(
+            lambda module, inputs, output: final_states.append(output.last_hidden_state)
         )
-        logits = outputs.logits[:, :-1].float() / temperature  # (B, keep - 1, V) predicts labels[:, first:]
-        targets = labels[:, first:]
-        log_probs = selective_log_softmax(logits, targets.clamp(min=0)).masked_fill(targets == -100, 0.0)
-        pad = (first - 1, 0)
-        return Moon3PolicyOutput(
-            log_probs=F.pad(log_probs, pad),  # (B, L - 1)
-            entropy=F.pad(entropy_from_logits(logits), pad),
-            embeddings=outputs.embeddings,
-        )
+        try:
+            outputs = type(self).forward(self, *args, return_embeddings=True, use_cache=False, **kwargs)
+        finally:
+            handle.remove()
+        log_probs, entropy = tiled_log_probs(final_states[-1], labels, self.backbone.lm_head, temperature)
+        return Moon3PolicyOutput(log_probs=log_probs, entropy=entropy, embeddings=outputs.embeddings)
 
     model.forward = types.MethodType(forward, model)
 
 
-class Moon3GRPOTrainer(GRPOTrainer):
+def tiled_log_probs(
+    hidden_states, labels, lm_head, temperature: float = 1.0, tile_elements: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities and entropies (each Tensor[B, L - 1], zero before the first scored column and where
+    `labels` is -100) of `lm_head` over `hidden_states` (Tensor[B, L, D]); position j predicts `labels[:, j + 1]`.
+
+    Only the columns from the first scored one on get logits, in tiles of at most `tile_elements` logits (rows of the
+    batch, or single positions when one row is larger), each under activation checkpointing: a tile's float32 logits
+    live only while that tile is computed, again in the backward. Within a tile the arithmetic is the plain one
+    (`lm_head`, float32, `selective_log_softmax`, `entropy_from_logits`), so a batch that fits one tile gets exactly
+    the values of the untiled computation. `lm_head` is called as a module, so PEFT's trained token rows take part.
+    """
+    scored = (labels != -100).any(dim=0).nonzero()  # columns whose token is scored
+    first = int(scored[0]) if len(scored) else labels.shape[1] - 1
+    kept = hidden_states[:, first - 1 :] if first > 0 else hidden_states  # (B, K, D): positions first-1 .. L-1
+    targets = labels[:, -(kept.shape[1] - 1) :] if kept.shape[1] > 1 else labels[:, :0]  # (B, K - 1)
+    batch, width = targets.shape
+    vocab = lm_head.weight.shape[0]
+    tile_elements = tile_elements or LOGIT_TILE_ELEMENTS
+
+    def score(states, tile_targets):
+        logits = lm_head(states)[:, :-1].float() / temperature  # (b, k - 1, V)
+        log_probs = selective_log_softmax(logits, tile_targets.clamp(min=0)).masked_fill(tile_targets == -100, 0.0)
+        return log_probs, entropy_from_logits(logits)
+
+    rows_per_tile = tile_elements // max(1, kept.shape[1] * vocab)
+    if rows_per_tile >= 1:
+        tiles = [
+            checkpoint(
+                score, kept[start : start + rows_per_tile], targets[start : start + rows_per_tile], use_reentrant=False
+            )
+            for start in range(0, batch, rows_per_tile)
+        ]
+    else:  # one row alone is larger than a tile: score a few positions at a time (each needs its next position)
+        step = max(1, tile_elements // vocab)
+        tiles = []
+        for row in range(batch):
+            parts = [
+                checkpoint(
+                    score,
+                    kept[row : row + 1, start : start + step + 1],
+                    targets[row : row + 1, start : start + step],
+                    use_reentrant=False,
+                )
+                for start in range(0, width, step)
+            ]
+            tiles.append(tuple(torch.cat(values, dim=1) for values in zip(*parts, strict=True)))
+    log_probs, entropy = (torch.cat(values) for values in zip(*tiles, strict=True))  # (B, K - 1) each
+    pad = (labels.shape[1] - 1 - width, 0)
+    return F.pad(log_probs, pad), F.pad(entropy, pad)
+
+
+def check_rollout_engine(args) -> None:
+    """Refuse rollout engines that would not sample from the policy being trained (a `ValueError` saying why).
+
+    - vLLM: it has no MOON3 architecture (it would load the bare Qwen-VL backbone), TRL syncs weights into it by
+      parameter name and MOON3's `backbone.model.*`, `fusion.*` and `fire.*` do not map onto vLLM's Qwen-VL names,
+      and a sampler without FIRE is not the policy whose log-probabilities GRPO trains.
+    - transformers' continuous batching (`use_transformers_continuous_batching`): TRL passes it the prompt token ids only (no
+      `pixel_values`, so image prompts would be sampled blind), it packs requests into one ragged sequence that MOON3's
+      per-row FIRE positions and raw signals do not describe, and it keeps no per-row cache for the `<emb>` readout.
+    """
+    if getattr(args, "use_vllm", False):
+        raise ValueError(
+            "use_vllm=True cannot sample from the MOON3 policy: vLLM has no MOON3 architecture, TRL syncs weights into "
+            "it by parameter name (MOON3's backbone.model.*, fusion.* and fire.* do not map onto vLLM's Qwen-VL), and a "
+            "policy without FIRE and fusion is not the policy being trained. Set use_vllm=false: rollouts then use "
+            "transformers' generate with MOON3's own forward (FIRE included)."
+        )
+    if getattr(args, "use_transformers_continuous_batching", False):
+        raise ValueError(
+            "use_transformers_continuous_batching=True is not supported by Moon3GRPOTrainer: TRL hands it only "
+            "the prompt token ids (image prompts would be sampled without their pixels), it packs rows into one "
+            "sequence that MOON3's FIRE positions do not describe, and it keeps no per-row cache for the <emb> "
+            "readout. Set use_transformers_continuous_batching=false."
+        )
+
+
+class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
     """GRPO with MOON3's rewards and a contrastive term on the completions' embeddings.
 
     Args:
@@ -117,6 +207,7 @@ class Moon3GRPOTrainer(GRPOTrainer):
         reward_funcs=None,
         **kwargs,
     ):
+        check_rollout_engine(args)  # before TRL's __init__, which would import and start vLLM
         config = model.config
         # Completions must end `reasoning</think><emb>`: stop generating at <emb>.
         model.generation_config.eos_token_id = config.emb_token_id
@@ -125,14 +216,39 @@ class Moon3GRPOTrainer(GRPOTrainer):
             reward_funcs = moon3_reward_funcs(
                 config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens
             )
-        super().__init__(
-            model=model,
-            reward_funcs=reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            processing_class=processing_class,
-            **kwargs,
-        )
+        # KL to a reference (beta > 0): TRL would load its reference by the config's path and give it TRL's fused
+        # head, which reads the backbone's output and skips FIRE, fusion and `<emb>`. The reference is built here
+        # instead, as a frozen copy of the initial policy with MOON3's head; TRL's init runs with beta = 0 so that it
+        # builds none, then beta is restored. With LoRA, TRL's own rule holds: the reference is the policy with its
+        # adapter disabled (no copy).
+        beta, sync_ref_model = args.beta, args.sync_ref_model
+        reference = None
+        if beta != 0.0 and kwargs.get("peft_config") is None and not is_peft_model(model):
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+        args.beta, args.sync_ref_model = 0.0, False
+        try:
+            super().__init__(
+                model=model,
+                reward_funcs=reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                processing_class=processing_class,
+                **kwargs,
+            )
+        finally:
+            args.beta, args.sync_ref_model = beta, sync_ref_model
+        self.beta = beta
+        if reference is not None:
+            install_fused_policy_head(reference, temperature=self.temperature)
+            self.ref_model = self._prepare_reference(reference)
+            if sync_ref_model:
+                self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+        elif sync_ref_model:
+            raise ValueError(
+                f"sync_ref_model=True needs a separate reference model, which exists only with beta > 0 (got "
+                f"{beta}) and without LoRA (the LoRA reference is the policy with its adapter disabled). Set "
+                "sync_ref_model=False."
+            )
         if (
             self.tools or self.rollout_func is not None
         ):  # completions would no longer match one generation's embeddings
@@ -142,9 +258,54 @@ class Moon3GRPOTrainer(GRPOTrainer):
             matryoshka_dims=args.matryoshka_dims or config.matryoshka_dims,
             gather_across_devices=args.gather_across_devices,
         )
-        install_fused_policy_head(self.accelerator.unwrap_model(self.model), temperature=self.temperature)
+        install_fused_policy_head(self._policy_module(), temperature=self.temperature)
         self._pending_candidates: dict[str, torch.Tensor] = {}
         self._completion_embeddings: torch.Tensor | None = None
+
+    # ----- checkpoints and resuming (train/checkpointing.py)
+
+    def _get_train_sampler(self, dataset=None):
+        """TRL's sampler, with each epoch's prompt order drawn from (seed, epoch): a resume in a later epoch sees the
+        uninterrupted run's order (TRL's own generator would restart at epoch 0's)."""
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is not RepeatSampler:  # a TRL release that changed the sampler: keep its own
+            return sampler
+        return EpochSeededRepeatSampler(
+            data_source=sampler.data_source,
+            mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size,
+            repeat_count=sampler.repeat_count,
+            shuffle=sampler.shuffle,
+            seed=sampler.seed,
+        )
+
+    def _extra_checkpoint_state(self) -> dict:
+        return {"grpo_micro_step": self._step}  # TRL's counter of when to generate again (not in trainer_state)
+
+    def _restore_extra_checkpoint_state(self, state: dict) -> None:
+        self._step = int(state.get("grpo_micro_step", self._step))
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self._step % generate_every:
+            logger.warning(
+                "resuming inside a generation block (micro-step %d of every %d): its buffered completions were not "
+                "saved, so they are generated again and the run departs from the uninterrupted one. Save at "
+                "multiples of steps_per_generation * num_iterations / gradient_accumulation_steps for exact resumes.",
+                self._step,
+                generate_every,
+            )
+
+    def _policy_module(self):
+        """The `Moon3Model` being trained, outside DDP/DeepSpeed and PEFT wrappers."""
+        model = self.accelerator.unwrap_model(self.model)
+        return model.get_base_model() if is_peft_model(model) else model
+
+    def _prepare_reference(self, reference):
+        """Place the reference model as TRL places its own (DeepSpeed, FSDP or plain evaluation mode)."""
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed(reference, self.accelerator)
+        if self.is_fsdp_enabled:
+            return prepare_fsdp(reference, self.accelerator)
+        return self.accelerator.prepare_model(reference, evaluation_mode=True)
 
     # ----- loss
 
@@ -200,21 +361,24 @@ class Moon3GRPOTrainer(GRPOTrainer):
         self._pending_candidates = {}
         return output
 
+    def _generate(self, prompts):
+        """TRL's generation; a text prompt's image list comes back as `None` (TRL's `_tokenize_prompts`) and TRL then
+        hands the whole list to the processor, which fails on `None` in a batch mixing image and text queries: give
+        those rows `[]`, as the dataset's `images` column does."""
+        *outputs, images, tool_images = super()._generate(prompts)
+        if images is not None:
+            images = [image_list or [] for image_list in images]
+        return (*outputs, images, tool_images)
+
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs):
-        """TRL's generation, keeping the completions' embeddings for the rank reward (`train/grpo_embedding.py`): read
-        from the generation itself with transformers' `generate`, else one forward over the prompt ids TRL built."""
-        model = self.accelerator.unwrap_model(self.model)
-        record = not (self.use_vllm or self.use_transformers_continuous_batching)
-        with GenerationRecorder(model) if record else contextlib.nullcontext() as recorder:
+        """TRL's generation (transformers' `generate`), keeping the completions' embeddings for the rank reward: read
+        from the generation itself plus one decode step that every process runs (`train/grpo_embedding.py`)."""
+        model = self._policy_module()  # generate() runs on it: its forward hooks fire (a PeftModel's do not)
+        with GenerationRecorder(model) as recorder:
             completion_ids, logprobs = super()._generate_single_turn(
                 prompt_ids, images, multimodal_fields, num_generations, *args, **kwargs
             )
-            embeddings = completion_embeddings(model, recorder, completion_ids) if record else None
-        if embeddings is None:
-            embeddings = forward_embeddings(
-                model, prompt_ids, multimodal_fields, completion_ids, self.accelerator.device
-            )
-        self._completion_embeddings = embeddings
+            self._completion_embeddings = completion_embeddings(model, recorder, completion_ids)  # (B, E)
         return completion_ids, logprobs
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):

@@ -32,7 +32,8 @@ def load_st_module():
 
 
 def read_instructions(checkpoint: Path) -> tuple[str, str]:
-    """(product_instruction, query_instruction) of a checkpoint folder: processor config, model config, defaults."""
+    """(product_instruction, query_instruction) of a checkpoint folder: its processor_config.json (the one source;
+    an older config.json's copies are read only when the folder has no processor config), else MOON3's defaults."""
     from train.moon3_code import configuration_moon3
 
     product = configuration_moon3.DEFAULT_PRODUCT_INSTRUCTION

@@ -61,4 +61,4 @@ class Task(ABC):
 
         if self.cache is None:
             return compute()
-        return self.cache.get_or_compute(model.cache_key, self.data.hash, side, self.name, items, compute)
+        return self.cache.get_or_compute(model.cache_key, self.data.cache_hash, side, self.name, items, compute)

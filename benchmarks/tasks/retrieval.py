@@ -21,11 +21,15 @@ CURVE_KS = (1, 5, 10, 20, 50, 100)
 
 
 class RetrievalTask(Task):
-    """Rank the gallery for each query; Recall@K (K in CURVE_KS), MRR, nDCG@10, mAP."""
+    """Rank the gallery for each query; capped and standard Recall@K (K in CURVE_KS), MRR, nDCG@10, mAP."""
 
     family = "retrieval"
     primary_metric = "ndcg@10"
-    metric_names = tuple(f"recall@{k}" for k in CURVE_KS) + ("mrr", "ndcg@10", "map")
+    metric_names = (
+        tuple(f"recall@{k}" for k in CURVE_KS)
+        + tuple(f"recall_uncapped@{k}" for k in CURVE_KS)
+        + ("mrr", "ndcg@10", "map")
+    )
 
     def __init__(self, data: BenchData, query_set: str, **kwargs):
         super().__init__(data, query_set, **kwargs)
@@ -43,7 +47,7 @@ class RetrievalTask(Task):
         if query.get("product_id") is not None:
             return product_view(self.data.products[self.data.index[query["product_id"]]], view, self.data.root)
         image = self.data.resolve(query["image"]) if query.get("image") else None
-        return {"text": query.get("text"), "image": image}
+        return {"id": query["id"], "text": query.get("text"), "image": image}
 
     def evaluate(self, model):
         if isinstance(model, Scorer):

@@ -74,4 +74,4 @@ def test_views_hide_what_they_should(tmp_path):
     product = {"id": "1", "title": "T", "attributes": {"colour": "Red"}, "images": ["a.jpg"]}
     assert product_view(product, "product_text", tmp_path)["images"] == []
     assert product_view(product, "title_image", tmp_path)["attributes"] == {}
-    assert product_view(product, "image", tmp_path) == {"text": None, "image": str(tmp_path / "a.jpg")}
+    assert product_view(product, "image", tmp_path) == {"id": "1", "text": None, "image": str(tmp_path / "a.jpg")}

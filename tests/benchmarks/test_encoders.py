@@ -56,6 +56,7 @@ def test_minilm_is_text_only_and_reports_na_for_images(tiny_fashion):
     assert metrics["fashion/retrieval/text2product/recall@10"] > 0.5
 
 
+@pytest.mark.slow
 def test_moon3_through_sentence_transformers_runs_image_tasks_and_matches_its_own_encode(
     tiny_fashion, tiny_checkpoint
 ):
@@ -94,7 +95,8 @@ def test_moon3_reason_mode_passes_mode_to_encode_and_keys_the_cache_apart(tiny_f
 
     direct = load_model(str(tiny_checkpoint), trust_remote_code=True, device="cpu", batch_size=4)
     reason = load_model(str(tiny_checkpoint), trust_remote_code=True, device="cpu", batch_size=4, mode="reason")
-    assert reason.encode_kwargs == {"mode": "reason"} and direct.encode_kwargs == {}
+    assert reason.encode_kwargs == {"mode": "reason"} and direct.encode_kwargs == {"mode": "direct"}
+    assert (reason.mode, direct.mode) == ("reason", "direct")
     assert reason.cache_key != direct.cache_key
     query = {"text": "men navy blue casual shirts", "image": None}
     model = AutoModel.from_pretrained(tiny_checkpoint, trust_remote_code=True).eval()

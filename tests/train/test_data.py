@@ -120,9 +120,235 @@ def test_grpo_prompt_of_an_image_only_query_holds_just_the_image(tiny_model, tmp
 @pytest.mark.skipif(not (FASHION_DIR / "products.csv").is_file(), reason="real data not found")
 def test_catalogue_tokenizer_texts_hold_the_product_text_reasoning_and_instructions():
     from train.build_tokenizer import catalogue_texts
-    from train.moon3_code import Moon3Config
+    from train.moon3_code import configuration_moon3
 
     texts = catalogue_texts(FASHION_DIR)
     assert any(text.startswith("Title: ") and "\nAttributes: gender: " in text for text in texts[:3])
     assert any(text.startswith("audience: ") for text in texts[:3])
-    assert Moon3Config().query_instruction in texts[:5]
+    assert configuration_moon3.DEFAULT_QUERY_INSTRUCTION in texts[:5]
+
+
+# --------------------------------------------------------------------------- any attribute keys, errors that name file/row
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+FASHION_ROW = {
+    "query": {"text": "women blue casual tops"},
+    "positive": {
+        "id": "1",
+        "title": "Tops",
+        "attributes": {"gender": "Women", "baseColour": "Blue", "usage": "Casual"},
+    },
+    "reasoning": "audience: Women; colour: Blue.",
+}
+ABT_ROW = {"query": "sony bravia 40in", "positive": {"id": 7, "title": "Sony TV", "attributes": {"price": "499.0"}}}
+
+
+def mixed_rows():
+    """Rows whose products have different attribute keys, value types and key orders (fashion-like and Abt-Buy-like)."""
+    return [
+        FASHION_ROW,
+        ABT_ROW,
+        {
+            "query": {"text": "red dress"},
+            "positive": {"title": "Dress", "attributes": {"size": 38, "sale": True, "colours": ["red", "pink"]}},
+            "negatives": [{"title": "Skirt", "attributes": {"material": "cotton"}}],
+        },
+        {
+            "query": {"text": "usb cable"},
+            "positive": {"title": "Cable", "attributes": {"price": "9.9", "length": 1.5}},
+        },
+    ]
+
+
+def test_rows_with_any_attribute_keys_load_across_and_within_files(tmp_path):
+    from train.data import clean_item
+
+    first = write_rows(tmp_path / "fashion.jsonl", [FASHION_ROW, mixed_rows()[2]])  # two key sets in one file
+    second = write_rows(tmp_path / "abt.jsonl", [ABT_ROW, mixed_rows()[3]])
+    dataset = load_pairs([first, second])
+    positives = [clean_item(row["positive"]) for row in dataset]
+    assert positives[0]["attributes"] == FASHION_ROW["positive"]["attributes"]  # its own keys, in its own order
+    assert list(positives[1]["attributes"]) == ["size", "sale", "colours"]
+    assert positives[1]["attributes"]["sale"] is True and positives[1]["attributes"]["size"] == 38
+    assert positives[2] == {"id": "7", "title": "Sony TV", "attributes": {"price": "499.0"}}
+    assert clean_item(dataset[1]["negatives"][0]) == {"title": "Skirt", "attributes": {"material": "cotton"}}
+    dataset.to_parquet(str(tmp_path / "mixed.parquet"))  # the stored form reads back the same
+    again = load_pairs(tmp_path / "mixed.parquet")
+    assert [clean_item(row["positive"]) for row in again] == positives
+
+
+def test_mixed_attribute_rows_train_both_stages(tiny_tokenizer, tmp_path):
+    from tests.conftest import build_tiny
+    from tests.train.test_training import grpo_trainer, stage1_trainer
+
+    dataset = load_pairs(write_rows(tmp_path / "mixed.jsonl", mixed_rows()))
+    rows = list(dataset)
+    model, processor = build_tiny(tiny_tokenizer)
+    stage1_trainer(model, processor, rows, tmp_path / "s1", max_steps=1).train()
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = grpo_trainer(
+        model, processor, rows, tmp_path / "s2", max_steps=1, per_device_train_batch_size=4, num_generations=2
+    )
+    trainer.train()
+    assert trainer.state.global_step == 1
+
+
+@pytest.mark.parametrize(
+    "positive, field",
+    [
+        ({"title": 5}, r"'positive'.title must be a string, got int"),
+        ({"title": "x", "attributes": {"size": {"eu": 38}}}, r"'positive'.attributes\['size'\] must be a string"),
+        ({"title": "x", "attributes": {"weight": float("nan")}}, r"attributes\['weight'\] is nan"),
+        ({"title": "x", "attributes": "red"}, r"'positive'.attributes must be an object"),
+        ({"title": "x", "images": [3]}, r"'positive'.images must be an image path"),
+        ({"title": "x", "colour": "red"}, r"'positive' has unknown keys \['colour'\]"),
+    ],
+)
+def test_wrong_field_types_name_file_row_line_and_field(tmp_path, positive, field):
+    first = write_rows(tmp_path / "a.jsonl", [FASHION_ROW] * 3)
+    second = tmp_path / "b.jsonl"
+    second.write_text(json.dumps(ABT_ROW) + "\n\n" + json.dumps({"query": "x", "positive": positive}) + "\n")
+    with pytest.raises(ValueError, match=field) as error:
+        load_pairs([first, second])
+    assert str(error.value).startswith(f"{second} row 1 (line 3)")  # the second file's own row, not a global index
+
+
+@pytest.mark.parametrize(
+    "text, hint",
+    [
+        ('{"query": {"text": "x"},\n "positive": {"title": "y"}}\n', "continues on another line"),
+        ('[{"query": "x", "positive": {"title": "y"}}]\n', "looks like a JSON array"),
+        ('{"query": "x", "positive": {"title": "y"},}\n', "no trailing commas"),
+        ('"just a string"\n', "must be a JSON object"),
+    ],
+)
+def test_bad_json_gets_a_hint_that_fits(tmp_path, text, hint):
+    write_rows(tmp_path / "ok.jsonl", [FASHION_ROW])
+    (tmp_path / "bad.jsonl").write_text(text)
+    with pytest.raises(ValueError, match=hint) as error:
+        load_pairs([tmp_path / "ok.jsonl", tmp_path / "bad.jsonl"])
+    assert f"{tmp_path / 'bad.jsonl'} row 0 (line 1)" in str(error.value)
+
+
+def test_a_json_array_file_with_json_suffix_loads(tmp_path):
+    (tmp_path / "rows.json").write_text(json.dumps([FASHION_ROW, ABT_ROW], indent=2))
+    assert len(load_pairs(tmp_path / "rows.json")) == 2
+
+
+def test_processor_check_names_the_row_of_a_missing_or_corrupt_image(tiny_model, tmp_path):
+    from PIL import Image
+
+    _, processor = tiny_model
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "red.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    rows = [
+        {"query": {"image": str(tmp_path / "red.jpg")}, "positive": {"title": "Red shirt"}},
+        {"query": "red", "positive": {"title": "Shirt", "images": [str(tmp_path / "gone.jpg")]}},
+        {"query": {"image": str(tmp_path / "broken.jpg")}, "positive": {"title": "Shirt"}},
+    ]
+    path = write_rows(tmp_path / "rows.jsonl", rows)
+    assert len(load_pairs(path)) == 3  # the schema is fine: only building the rows finds the images
+    with pytest.raises(
+        ValueError, match=r"rows.jsonl row 1 \(line 2\): 'positive'.images\[0\]: .*gone.jpg' does not exist"
+    ):
+        load_pairs(path, processor=processor, progress=False)
+    rejects = tmp_path / "rejects.jsonl"
+    dataset = load_pairs(path, processor=processor, skip_bad_rows=True, rejects_path=rejects, progress=False)
+    assert len(dataset) == 1
+    listed = [json.loads(line) for line in rejects.read_text().splitlines()]
+    assert [(r["file"], r["row"], r["line"]) for r in listed] == [(str(path), 1, 2), (str(path), 2, 3)]
+    assert "cannot read image" in listed[1]["error"] and listed[1]["raw"]["query"]["images"] == [
+        str(tmp_path / "broken.jpg")
+    ]
+
+
+def test_skip_bad_rows_counts_schema_rejects_and_refuses_an_empty_result(tmp_path, capsys):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(
+        json.dumps(FASHION_ROW) + "\n{broken\n" + json.dumps({"query": "x", "positive": {"title": 1}}) + "\n"
+    )
+    dataset = load_pairs(path, skip_bad_rows=True, rejects_path=tmp_path / "rejects.jsonl")
+    assert len(dataset) == 1 and "skipped 2 bad rows, kept 1" in capsys.readouterr().out
+    assert [json.loads(line)["raw"] for line in (tmp_path / "rejects.jsonl").read_text().splitlines()][0] == "{broken"
+    path.write_text("{broken\n")
+    with pytest.raises(ValueError, match="no valid training rows left after skipping 1"):
+        load_pairs(path, skip_bad_rows=True)
+
+
+def test_validate_command_checks_images_with_the_shipped_processor(tmp_path, capsys):
+    from train.data import main
+
+    path = write_rows(
+        tmp_path / "rows.jsonl",
+        [FASHION_ROW, {"query": {"image": str(tmp_path / "gone.jpg")}, "positive": {"title": "x"}}],
+    )
+    main(["validate", str(path), "--schema-only"])
+    assert "2 valid rows" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", str(path)])
+    assert exit_info.value.code == 2
+    assert f"{path} row 1 (line 2): 'query'.images[0]: image file" in capsys.readouterr().err
+    main(["validate", str(path), "--skip-bad-rows", "--rejects", str(tmp_path / "rej.jsonl")])
+    out = capsys.readouterr()
+    assert "skipped 1 bad rows, kept 1" in out.out and "1 valid rows" in out.out
+    assert "Checking rows" in out.err  # the progress bar
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["synthetic", "--num-rows", "0"], "--num-rows: must be >= 1, got 0"),
+        (["build-fashion", "--data", ".", "--limit", "-3"], "--limit: must be >= 0, got -3"),
+        (["build-fashion", "--data", ".", "--hard-negatives", "-2"], "--hard-negatives: must be >= 0, got -2"),
+        (["build-fashion", "--data", ".", "--max-per-attribute-query", "0"], "must be >= 1, got 0"),
+    ],
+)
+def test_builders_refuse_bad_counts_and_leave_nothing_behind(tmp_path, capsys, argv, message):
+    from train.data import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--out", str(tmp_path / "rows.jsonl")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_builder_output_that_is_a_folder_is_refused_without_a_tmp_file(tmp_path, capsys):
+    from train.data import main
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(SystemExit):
+        main(["synthetic", "--num-rows", "4", "--out", str(tmp_path / "out")])
+    assert "is a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and not any((tmp_path / "out").iterdir())
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    def rows():
+        yield {"a": 1}
+        raise RuntimeError("generator failed")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(rows(), tmp_path / "rows.jsonl")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("build_checkpoint", ["--random", "--hidden-size", "0"], "--hidden-size: must be >= 1, got 0"),
+        ("build_checkpoint", ["--random", "--vocab-size", "-5"], "--vocab-size: must be >= 1, got -5"),
+        ("build_tokenizer", ["--data", ".", "--vocab-size", "0"], "--vocab-size: must be >= 1, got 0"),
+    ],
+)
+def test_checkpoint_and_tokenizer_builders_refuse_bad_sizes(tmp_path, capsys, module, argv, message):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"train.{module}").main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
