@@ -58,7 +58,7 @@ def test_run_sh_on_a_fresh_clone_reproduces_the_readme_row_and_reuses_everything
     assert "created" in output and (clone / ".venv" / "bin" / "python").is_file()
     assert "Reproduced:" in output
     assert "5/5 Catalogue search" in output and "+ photo query: " in output  # the catalogue part ran
-    assert output.rstrip().endswith("RESULT: the shipped checkpoint reproduces its README row")
+    assert first.stdout.rstrip().endswith("RESULT: the shipped checkpoint reproduces its README row")
 
     second = run_sh(clone, cwd=clone / "tests")
     output = second.stdout + second.stderr
