@@ -259,6 +259,16 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
             gather_across_devices=args.gather_across_devices,
         )
         install_fused_policy_head(self._policy_module(), temperature=self.temperature)
+        if self.log_multimodal and self.accelerator.num_processes > 1:
+            # TRL gathers the logged images only on processes whose batch has images (`images is not None`): with
+            # image and text queries, a process that drew only text rows skips that collective and every process
+            # hangs at the next one. Images are not logged then; completions, rewards and metrics still are.
+            logger.warning(
+                "log_multimodal is turned off on %d processes: TRL gathers logged images only where a batch has "
+                "images, which hangs a run that mixes image and text queries across processes.",
+                self.accelerator.num_processes,
+            )
+            self.log_multimodal = False
         self._pending_candidates: dict[str, torch.Tensor] = {}
         self._completion_embeddings: torch.Tensor | None = None
 

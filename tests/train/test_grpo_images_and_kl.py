@@ -158,11 +158,6 @@ def test_stage2_scores_a_text_only_batch_from_a_dataset_with_images(tiny_tokeniz
 
 
 @pytest.mark.slow
-@pytest.mark.skip(
-    reason="KNOWN HANG, issue 10 open: with image queries on 2 gloo processes one rank waits in DDP's buffer broadcast "
-    "of compute_loss while the other is already in the next generation's gather_object (py-spy stacks in "
-    "docs/training.md); re-enable when fixed"
-)
 def test_stage2_with_image_queries_runs_on_two_processes(tmp_path):
     from tests.train.test_launch import final_step, launch
 
