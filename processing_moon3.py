@@ -37,7 +37,8 @@ MODES = ("direct", "reason")
 KINDS = ("document", "query")
 # A string ending in one of these (and naming an existing file) is an image, in every MOON3 API.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
-# The tokens MOON3's tokenizers add; used when a processor has no tokenizer (format_product_text alone).
+# The tokens MOON3's tokenizers add, in id order (train/build_tokenizer.py gives them ids 0..9); used when a
+# processor has no tokenizer (format_product_text alone).
 DEFAULT_ADDED_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",

@@ -12,19 +12,11 @@ import csv
 from collections.abc import Iterable
 from pathlib import Path
 
-# Order matters: ids 0..N-1 go to these, so `<|endoftext|>` (the pad token) is always id 0.
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-    "<think>",
-    "</think>",
-    "<emb>",
-]
+from train.moon3_code import processing_moon3
+
+# Order matters: ids 0..N-1 go to these, so `<|endoftext|>` (the pad token) is always id 0. The processor's list
+# (which it also escapes in user text) is the one source.
+SPECIAL_TOKENS = list(processing_moon3.DEFAULT_ADDED_TOKENS)
 MOON3_TOKENS = {"think": "<think>", "think_end": "</think>", "emb": "<emb>"}
 
 

@@ -46,6 +46,18 @@ def test_epoch_seeded_sampler_gives_trls_orders_from_any_starting_epoch():
     assert list(resumed) == trl_orders[2]
 
 
+def uninterrupted_and_resumed(make_trainer, tiny_tokenizer, rows, root, settings):
+    """(weights after an uninterrupted run, weights after a fresh run resumed from its checkpoint-3, that trainer):
+    both start from the same tiny model, `make_trainer(model, processor, rows, output_dir, **settings)`."""
+    model, processor = build_tiny(tiny_tokenizer)
+    make_trainer(model, processor, rows, root / "full", **settings).train()
+    full = weights(model)
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = make_trainer(model, processor, rows, root / "resumed", **settings)
+    trainer.train(resume_from_checkpoint=str(root / "full" / "checkpoint-3"))
+    return full, weights(model), trainer
+
+
 @pytest.fixture(scope="module")
 def stage2_runs(tiny_tokenizer, tmp_path_factory):
     """Stage 2 on 4 rows (2 steps per epoch): 4 steps uninterrupted, saving at step 3 (inside epoch 1), and a fresh
@@ -53,13 +65,8 @@ def stage2_runs(tiny_tokenizer, tmp_path_factory):
     rows = synthetic_rows(4)
     root = tmp_path_factory.mktemp("stage2-resume")
     settings = dict(max_steps=4, save_strategy="steps", save_steps=3, per_device_train_batch_size=4, num_generations=2)
-    model, processor = build_tiny(tiny_tokenizer)
-    grpo_trainer(model, processor, rows, root / "full", **settings).train()
-    full = weights(model)
-    model, processor = build_tiny(tiny_tokenizer)
-    resumed_trainer = grpo_trainer(model, processor, rows, root / "resumed", **settings)
-    resumed_trainer.train(resume_from_checkpoint=str(root / "full" / "checkpoint-3"))
-    return full, weights(model), resumed_trainer, root
+    full, resumed, resumed_trainer = uninterrupted_and_resumed(grpo_trainer, tiny_tokenizer, rows, root, settings)
+    return full, resumed, resumed_trainer, root
 
 
 @pytest.mark.slow
@@ -201,12 +208,7 @@ def test_killing_the_launcher_stops_training(tmp_path, config):
 def test_stage1_resumed_in_a_later_epoch_equals_the_uninterrupted_run(tiny_tokenizer, tmp_path):
     rows = synthetic_rows(4)
     settings = dict(max_steps=4, save_strategy="steps", save_steps=3, per_device_train_batch_size=2)
-    model, processor = build_tiny(tiny_tokenizer)
-    stage1_trainer(model, processor, rows, tmp_path / "full", **settings).train()
-    full = weights(model)
-    model, processor = build_tiny(tiny_tokenizer)
-    trainer = stage1_trainer(model, processor, rows, tmp_path / "resumed", **settings)
-    trainer.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    full, resumed, trainer = uninterrupted_and_resumed(stage1_trainer, tiny_tokenizer, rows, tmp_path, settings)
     assert trainer.state.global_step == 4 and trainer.state.epoch == 2
-    for name, value in weights(model).items():
+    for name, value in resumed.items():
         assert torch.equal(full[name], value), name
