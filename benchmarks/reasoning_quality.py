@@ -179,12 +179,12 @@ def gold_attributes(product: dict) -> dict[str, str]:
     return gold
 
 
-def gold_reasoning(gold: dict[str, str]) -> str:
-    """The stage-1 reasoning target of a product (`train.data.fashion_rows`: attributes in catalogue order)."""
+def gold_reasoning(gold: dict[str, str], layout: str = "scored") -> str:
+    """The stage-1 reasoning target of a product in `layout` (`train.fashion.REASONING_LAYOUTS`)."""
     from train.data import FASHION_ATTRIBUTES
-    from train.fashion import fashion_reasoning
+    from train.fashion import fashion_reasoning_target
 
-    return fashion_reasoning({key: gold[key] for key in FASHION_ATTRIBUTES if gold.get(key)})
+    return fashion_reasoning_target({key: gold[key] for key in FASHION_ATTRIBUTES if gold.get(key)}, layout)
 
 
 def items_of_kind(products: Sequence[dict], kind: str, root: Path) -> tuple[str, list]:
@@ -524,6 +524,13 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="items per generation / forward batch")
     parser.add_argument("--seed", type=int, default=0, help="seed for the other-item and swapped-colour draws")
+    parser.add_argument(
+        "--reasoning-layout",
+        default="scored",
+        choices=("scored", "catalogue"),
+        help="layout of the gold reasoning the `gold` sensitivity rows and the teacher-forced table use: the one the "
+        "model was trained on (train.data build-fashion --reasoning-layout; catalogue for checkpoints before it)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
@@ -540,7 +547,18 @@ def load_moon3(model_id: str, device: str):
     return model, processor
 
 
-def evaluate(model, processor, data, kinds=KINDS, limit=0, max_new_tokens=None, batch_size=32, seed=0, progress=True):
+def evaluate(
+    model,
+    processor,
+    data,
+    kinds=KINDS,
+    limit=0,
+    max_new_tokens=None,
+    batch_size=32,
+    seed=0,
+    progress=True,
+    reasoning_layout="scored",
+):
     """Run both measures on a loaded `BenchData`; returns (results without run metadata, completion records)."""
     from tqdm.auto import tqdm
 
@@ -576,7 +594,10 @@ def evaluate(model, processor, data, kinds=KINDS, limit=0, max_new_tokens=None, 
         examples[kind] = [record["reasoning"] for record in kind_records[:3]]
         for product, record in zip(products, kind_records, strict=True):
             records.append({"kind": kind, "product_id": product["id"], **record})
-        texts = {"generated": [r["reasoning"] for r in kind_records], "gold": [gold_reasoning(g) for g in golds]}
+        texts = {
+            "generated": [r["reasoning"] for r in kind_records],
+            "gold": [gold_reasoning(g, reasoning_layout) for g in golds],
+        }
         for source in SOURCES:
 
             def embed(indices, reasonings, side=side, items=items, source=source, kind=kind, token_hits=None):
@@ -654,6 +675,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args.batch_size,
         seed=args.seed,
         progress=not args.no_progress,
+        reasoning_layout=args.reasoning_layout,
     )
     results.update(
         {

@@ -6,7 +6,8 @@ Format (one JSON object per line in `.jsonl`, or one row per record in `.parquet
      "positive":  {"id": "1234", "title": "...", "attributes": {"gender": "Women", ...},
                    "description": "...", "images": ["path.jpg"]}  # the product the query should retrieve
      "negatives": [{...product...}, ...]                          # optional hard negatives
-     "reasoning": "audience: Women; colour: Blue; usage: Casual."}  # optional reasoning target for the query
+     "reasoning": "audience: Women; colour: Blue; usage: Casual.",  # optional reasoning target for the query
+     "positive_reasoning": "audience: Women; type: Tops; ..."}       # optional reasoning target for the positive
 
 Products take the keys `Moon3Processor` reads (`id`, `title`, `attributes`, `description`, `images`/`image`); queries
 the keys `text` and `image`/`images`. Image paths are absolute or relative to the working directory (the builders write
@@ -45,14 +46,14 @@ from pathlib import Path
 from typing import Any
 
 from train.build_tokenizer import MOON3_TOKENS
-from train.fashion import fashion_reasoning
+from train.fashion import REASONING_LAYOUTS, fashion_reasoning, fashion_reasoning_target
 
 logger = logging.getLogger(__name__)
 
 FASHION_ATTRIBUTES = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
 # Attributes an attribute-style query names, in the order a shopper would type them ("women blue casual tops").
 QUERY_ATTRIBUTES = ("gender", "baseColour", "usage", "articleType")
-ROW_KEYS = frozenset({"query", "positive", "negatives", "reasoning"})
+ROW_KEYS = frozenset({"query", "positive", "negatives", "reasoning", "positive_reasoning"})
 
 
 # --------------------------------------------------------------------------- loading and validation
@@ -81,6 +82,7 @@ def row_features():
             "positive": product,
             "negatives": List(product),
             "reasoning": Value("string"),
+            "positive_reasoning": Value("string"),
         }
     )
 
@@ -340,6 +342,10 @@ def validate_row(row: Any, index: int = 0, source: str = "data", where: str | No
     if reasoning is not None and not isinstance(reasoning, str):
         raise ValueError(f"{where}: 'reasoning' must be a string, got {type(reasoning).__name__}.")
     stored["reasoning"] = reasoning
+    positive_reasoning = row.get("positive_reasoning")
+    if positive_reasoning is not None and not isinstance(positive_reasoning, str):
+        raise ValueError(f"{where}: 'positive_reasoning' must be a string, got {type(positive_reasoning).__name__}.")
+    stored["positive_reasoning"] = positive_reasoning
     return stored
 
 
@@ -511,7 +517,9 @@ class Moon3PairCollator:
     Sequences are the B queries first (direct mode, `...<think></think><emb>`, unlabelled), then the B positives, then
     `num_hard_negatives` negatives per row (rows with fewer are padded with their own positive, which the loss masks
     out by key), then one SFT sequence per query that has a reasoning target: the reason-mode sequence
-    `prompt<think>reasoning</think><emb>`, labelled on everything after `<think>`. Products are direct mode.
+    `prompt<think>reasoning</think><emb>`, labelled on everything after `<think>`, then one per positive that has a
+    `positive_reasoning` target (the document-side prompt, so that reason mode also learns to reason about
+    products). Products are direct mode in the contrastive loss.
 
     The contrastive loss embeds queries in direct mode, never after their gold reasoning: the targets are written
     from the positive's own attributes, so an embedding read after them is trained to copy the answer from the
@@ -543,6 +551,11 @@ class Moon3PairCollator:
             ("query", query_item(row["query"]), row["reasoning"].strip())
             for row in rows
             if row.get("reasoning") and row["reasoning"].strip()
+        ]
+        sequences += [
+            ("document", clean_item(row["positive"]), row["positive_reasoning"].strip())
+            for row in rows
+            if row.get("positive_reasoning") and row["positive_reasoning"].strip()
         ]
         size = self.chunk_size or len(sequences)
         chunks = [self._encode(sequences[start : start + size]) for start in range(0, len(sequences), size)]
@@ -629,25 +642,33 @@ def read_fashion_products(data_dir: Path, split: str | None = "train") -> list[d
     return products
 
 
+FASHION_QUERY_KINDS = ("title", "image", "image+title", "attribute")
+
+
 def fashion_rows(
     products: list[dict],
     kinds: Iterable[str] = ("title", "image", "attribute"),
     max_per_attribute_query: int = 3,
     hard_negatives: int = 0,
     seed: int = 0,
+    reasoning_layout: str = "scored",
+    product_reasoning: bool = False,
 ) -> list[dict]:
-    """Training rows from fashion products: title -> product, image -> product, attribute query -> products.
+    """Training rows from fashion products: title, image or image+title -> product, attribute query -> products.
 
-    Reasoning targets come from the attributes (`Moon3Processor.format_reasoning`): all of them for title and image
-    queries, those the query names for attribute queries. Hard negatives share the product's article type but
-    differ in colour or audience.
+    Reasoning targets come from the attributes (`train.fashion.fashion_reasoning_target`, in `reasoning_layout`):
+    all of them for title and image queries, those the query names for attribute queries. With
+    `product_reasoning`, each row also carries its positive's own target (`positive_reasoning`). Hard negatives
+    share the product's article type but differ in colour or audience.
     """
 
     rng = random.Random(seed)
     kinds = set(kinds)
-    unknown = kinds - {"title", "image", "attribute"}
+    unknown = kinds - set(FASHION_QUERY_KINDS)
     if unknown:
-        raise ValueError(f"kinds must be among ['title', 'image', 'attribute'], got {sorted(unknown)}.")
+        raise ValueError(f"kinds must be among {list(FASHION_QUERY_KINDS)}, got {sorted(unknown)}.")
+    if reasoning_layout not in REASONING_LAYOUTS:
+        raise ValueError(f"reasoning_layout must be one of {sorted(REASONING_LAYOUTS)}, got {reasoning_layout!r}.")
     if hard_negatives < 0 or max_per_attribute_query < 1:
         raise ValueError(
             f"hard_negatives must be >= 0 (got {hard_negatives}) and max_per_attribute_query >= 1 "
@@ -670,8 +691,13 @@ def fashion_rows(
         ]
         return rng.sample(pool, min(hard_negatives, len(pool)))
 
+    def target(attributes):
+        return fashion_reasoning_target(attributes, reasoning_layout)
+
     def row(query, product, reasoning):
         out = {"query": query, "positive": product, "reasoning": reasoning}
+        if product_reasoning:
+            out["positive_reasoning"] = target(product["attributes"])
         negatives = negatives_for(product)
         if negatives:
             out["negatives"] = negatives
@@ -679,11 +705,13 @@ def fashion_rows(
 
     rows = []
     for product in products:
-        reasoning = fashion_reasoning(product["attributes"])
+        reasoning = target(product["attributes"])
         if "title" in kinds and product["title"]:
             rows.append(row({"text": product["title"]}, product, reasoning))
         if "image" in kinds and product.get("images"):
             rows.append(row({"image": product["images"][0]}, product, reasoning))
+        if "image+title" in kinds and product["title"] and product.get("images"):
+            rows.append(row({"text": product["title"], "image": product["images"][0]}, product, reasoning))
     if "attribute" in kinds:
         groups = defaultdict(list)
         for product in products:
@@ -693,7 +721,7 @@ def fashion_rows(
         for values, members in sorted(groups.items()):
             named = dict(zip(QUERY_ATTRIBUTES, values, strict=True))
             text = " ".join(value.lower() for value in values)
-            reasoning = fashion_reasoning(named)
+            reasoning = target(named)
             for product in rng.sample(members, min(max_per_attribute_query, len(members))):
                 rows.append(row({"text": text}, product, reasoning))
     return rows
@@ -779,8 +807,20 @@ def make_parser() -> argparse.ArgumentParser:
         "--kinds",
         nargs="+",
         default=["title", "image", "attribute"],
-        choices=["title", "image", "attribute"],
-        help="query kinds to build",
+        choices=list(FASHION_QUERY_KINDS),
+        help="query kinds to build (image+title: the photo and the title together as one query)",
+    )
+    fashion.add_argument(
+        "--reasoning-layout",
+        default="scored",
+        choices=sorted(REASONING_LAYOUTS),
+        help="reasoning target layout (train/fashion.py): scored = gender, type, colour, usage, season in one order "
+        "for every query kind; catalogue = every column, the layout the pre-reasoning-work checkpoint was trained on",
+    )
+    fashion.add_argument(
+        "--product-reasoning",
+        action="store_true",
+        help="also write each positive's own reasoning target (positive_reasoning), for document-side SFT",
     )
     fashion.add_argument("--max-per-attribute-query", type=at_least(1), default=3, help="products per attribute query")
     fashion.add_argument("--hard-negatives", type=at_least(0), default=0, help="hard negatives per row (0 = none)")
@@ -834,7 +874,15 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "build-fashion":
             products = read_fashion_products(args.data, args.split)
             products = products[: args.limit] if args.limit else products
-            rows = fashion_rows(products, args.kinds, args.max_per_attribute_query, args.hard_negatives, args.seed)
+            rows = fashion_rows(
+                products,
+                args.kinds,
+                args.max_per_attribute_query,
+                args.hard_negatives,
+                args.seed,
+                reasoning_layout=args.reasoning_layout,
+                product_reasoning=args.product_reasoning,
+            )
         elif args.command == "build-abt-buy":
             rows = abt_buy_rows(args.data)
         else:

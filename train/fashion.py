@@ -29,3 +29,28 @@ def fashion_reasoning(attributes: Mapping[str, Any]) -> str:
     from train.moon3_code import Moon3Processor
 
     return Moon3Processor.format_reasoning(attributes, FASHION_REASONING_FIELD_NAMES)
+
+
+# The layouts of a stage-1 reasoning target (`python -m train.data build-fashion --reasoning-layout`):
+# - "scored": the five attributes `benchmarks.reasoning_quality` scores, in one fixed order for every query kind
+#   (an attribute query states the ones it names, in that order), so the next field never depends on the query kind;
+# - "catalogue": every column in catalogue order for title and image queries, the query's own order for attribute
+#   queries; the layout the shipped moon3-mini before the reasoning work was trained on (two orders for one slot).
+REASONING_LAYOUTS = {
+    "scored": ("gender", "articleType", "baseColour", "usage", "season"),
+    "catalogue": None,
+}
+
+
+def fashion_reasoning_target(attributes: Mapping[str, Any], layout: str = "scored") -> str:
+    """The reasoning target of `attributes` in a layout of `REASONING_LAYOUTS`.
+
+    >>> fashion_reasoning_target({"baseColour": "Navy Blue", "masterCategory": "Apparel", "gender": "Men"})
+    'audience: Men; colour: Navy Blue.'
+    """
+    if layout not in REASONING_LAYOUTS:
+        raise ValueError(f"reasoning layout must be one of {sorted(REASONING_LAYOUTS)}, got {layout!r}.")
+    order = REASONING_LAYOUTS[layout]
+    if order is not None:
+        attributes = {key: attributes[key] for key in order if attributes.get(key)}
+    return fashion_reasoning(attributes)

@@ -48,7 +48,58 @@ def test_attribute_rows_get_reasoning_from_the_named_attributes():
     ]
     rows = fashion_rows(products, kinds=["attribute"])
     assert rows[0]["query"] == {"text": "women blue casual tops"}
-    assert rows[0]["reasoning"] == "audience: Women; colour: Blue; usage: Casual; type: Tops."
+    assert rows[0]["reasoning"] == "audience: Women; type: Tops; colour: Blue; usage: Casual."
+    old_layout = fashion_rows(products, kinds=["attribute"], reasoning_layout="catalogue")
+    assert old_layout[0]["reasoning"] == "audience: Women; colour: Blue; usage: Casual; type: Tops."
+
+
+FULL_ATTRIBUTES = {
+    "gender": "Men",
+    "masterCategory": "Apparel",
+    "subCategory": "Topwear",
+    "articleType": "Shirts",
+    "baseColour": "Navy Blue",
+    "season": "Fall",
+    "usage": "Casual",
+}
+
+
+def test_scored_layout_is_one_field_order_for_every_query_kind():
+    """Title, image and attribute queries state their fields in the same order, without the unscored categories, so
+    the field after `audience: X;` never depends on the query kind (the malformed-reasoning diagnosis)."""
+    product = {"id": "1", "title": "Turtle Men Navy Blue Shirt", "attributes": FULL_ATTRIBUTES, "images": ["/x.jpg"]}
+    rows = fashion_rows([product], kinds=["title", "image", "image+title", "attribute"])
+    full = "audience: Men; type: Shirts; colour: Navy Blue; usage: Casual; season: Fall."
+    assert [row["reasoning"] for row in rows] == [
+        full,
+        full,
+        full,
+        "audience: Men; type: Shirts; colour: Navy Blue; usage: Casual.",
+    ]
+    assert rows[2]["query"] == {"text": "Turtle Men Navy Blue Shirt", "image": "/x.jpg"}
+    catalogue = fashion_rows([product], kinds=["title"], reasoning_layout="catalogue")[0]["reasoning"]
+    assert catalogue.startswith("audience: Men; category: Apparel; sub-category: Topwear; type: Shirts;")
+    with pytest.raises(ValueError, match="reasoning_layout"):
+        fashion_rows([product], reasoning_layout="alphabetical")
+
+
+def test_positive_reasoning_adds_a_labelled_document_side_sft_sequence(tiny_model, tmp_path):
+    _, processor = tiny_model
+    product = {"id": "1", "title": "Turtle Men Navy Blue Shirt", "attributes": FULL_ATTRIBUTES}
+    rows = fashion_rows([product], kinds=["title"], product_reasoning=True)
+    assert rows[0]["positive_reasoning"] == rows[0]["reasoning"]
+    write_jsonl(rows, tmp_path / "rows.jsonl")
+    loaded = load_pairs(tmp_path / "rows.jsonl")
+    assert loaded[0]["positive_reasoning"] == rows[0]["reasoning"]
+    chunk = Moon3PairCollator(processor, chunk_size=0)(rows)["chunks"][0]
+    assert chunk["input_ids"].shape[0] == 1 + 1 + 1 + 1  # query, positive, query SFT, positive SFT
+    document_sft = processor.tokenizer.decode(chunk["input_ids"][3][chunk["attention_mask"][3].bool()])
+    assert "Turtle Men Navy Blue Shirt" in document_sft and "Attributes" in document_sft  # the document prompt
+    labelled = processor.tokenizer.decode(chunk["labels"][3][chunk["labels"][3] != -100])
+    assert labelled.replace(" ", "") == (rows[0]["reasoning"] + "</think><emb>").replace(" ", "")
+    with pytest.raises(ValueError, match="'positive_reasoning' must be a string"):
+        write_jsonl([{**rows[0], "positive_reasoning": 3}], tmp_path / "bad.jsonl")
+        load_pairs(tmp_path / "bad.jsonl")
 
 
 def test_collator_labels_only_the_reasoning_and_masks_nothing_else(tiny_model):
