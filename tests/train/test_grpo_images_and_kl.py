@@ -123,7 +123,7 @@ def test_policy_forward_keeps_every_logits_tile_under_the_budget(tiny_model, mon
 
 @pytest.mark.slow  # ~10 s quiet, 47 s on the shared machine
 def test_stage2_trains_on_image_text_and_image_text_queries_in_one_batch(tiny_tokenizer, tmp_path):
-    from train.moon3_code import Moon3Processor
+    from moon3.processing_moon3 import Moon3Processor
 
     model, processor = build_tiny(tiny_tokenizer)
     trainer = grpo_trainer(model, processor, image_rows(tmp_path), tmp_path)
