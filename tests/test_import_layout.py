@@ -84,7 +84,7 @@ loaded = sorted(
 )
 print(" ".join(loaded))
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [f"moon3.{name}={name}.py" for name in ROOT_MODULES]
 
