@@ -249,6 +249,11 @@ class Moon3SentenceTransformer(InputModule):
     # ------------------------------------------------------------------ save / load
 
     def save(self, output_path: str, *args, safe_serialization: bool = True, **kwargs) -> None:
+        # A model built in Python (not loaded with trust_remote_code) has no auto classes yet: without them
+        # config.json gets no auto_map, the code files are not copied, and the saved folder cannot be loaded back.
+        type(self.model.config).register_for_auto_class()
+        type(self.model).register_for_auto_class("AutoModel")
+        type(self.processor).register_for_auto_class()
         self.model.save_pretrained(output_path, safe_serialization=safe_serialization)
         self.processor.save_pretrained(output_path)
         self.save_config(output_path)

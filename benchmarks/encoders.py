@@ -94,18 +94,44 @@ class Scorer(ABC):
 
 
 class RandomEncoder(Encoder):
-    """Unit vectors drawn from a generator seeded by (seed, item content): same item, same vector; chance level."""
+    """Unit vectors drawn from a generator seeded by (seed, item content): same item, same vector; chance level.
+
+    An image counts by its file's bytes, not its path, so the figures are the same in every checkout and data folder
+    location (items carry absolute image paths)."""
 
     modalities = MODALITIES
 
     def __init__(self, dim: int = 64, seed: int = 0):
         self.dim, self.seed = dim, seed
-        self.name, self.revision = "random", f"dim{dim}-seed{seed}"
+        # "image-bytes": images key by content since this revision; earlier cache entries (keyed by path) are not reused
+        self.name, self.revision = "random", f"dim{dim}-seed{seed}-image-bytes"
+        self._image_hashes: dict[str, str] = {}
+
+    def _image_content(self, image):
+        if isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
+            path = str(image)
+            if path not in self._image_hashes:
+                from .io_utils import sha256_file
+
+                self._image_hashes[path] = "sha256:" + sha256_file(path)
+            return self._image_hashes[path]
+        return image
+
+    def _content(self, item):
+        """`item` with each image path replaced by the sha256 of the file's bytes."""
+        if not isinstance(item, dict):
+            return item
+        item = dict(item)
+        if "image" in item:
+            item["image"] = self._image_content(item["image"])
+        if isinstance(item.get("images"), list):
+            item["images"] = [self._image_content(image) for image in item["images"]]
+        return item
 
     def _encode(self, items: list[dict]) -> np.ndarray:
         out = np.empty((len(items), self.dim), dtype=np.float32)  # (N, E)
         for row, item in enumerate(items):
-            key = json.dumps([self.seed, item], sort_keys=True, default=str).encode()
+            key = json.dumps([self.seed, self._content(item)], sort_keys=True, default=str).encode()
             rng = np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
             vector = rng.standard_normal(self.dim)
             out[row] = vector / np.linalg.norm(vector)

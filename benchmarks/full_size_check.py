@@ -159,8 +159,8 @@ def build(config, tokenizer, side: int):
     import torch
     from transformers import AutoModelForImageTextToText
 
+    from moon3.processing_moon3 import Moon3Processor
     from train.build_checkpoint import build_image_processor, moon3_config, wrap_backbone
-    from train.moon3_code import Moon3Processor
 
     torch.manual_seed(0)
     vlm = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
@@ -177,7 +177,7 @@ def build(config, tokenizer, side: int):
 def load_and_compare(folder: Path, reference: dict):
     import torch
 
-    from train.moon3_code import Moon3Model
+    from moon3.modeling_moon3 import Moon3Model
 
     model = Moon3Model.from_pretrained(folder, dtype=torch.bfloat16).eval()
     state = model.state_dict()

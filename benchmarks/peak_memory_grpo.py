@@ -89,11 +89,12 @@ def build(args):
     from datasets import Dataset
     from transformers import AutoConfig, AutoModelForImageTextToText
 
+    from moon3.modeling_moon3 import Moon3Model
+    from moon3.processing_moon3 import Moon3Processor
     from tests.conftest import TINY_CORPUS
     from train.build_checkpoint import build_image_processor, moon3_config, small_vlm_config
     from train.build_tokenizer import train_tokenizer
     from train.data import synthetic_rows, to_grpo_dataset
-    from train.moon3_code import Moon3Model, Moon3Processor
 
     tokenizer = train_tokenizer(TINY_CORPUS, vocab_size=400)
     vlm = small_vlm_config(tokenizer, hidden_size=args.hidden_size, num_layers=args.num_layers, num_heads=4)

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import copy
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+REPO_ROOT = Path(__file__).resolve().parents[1]  # on sys.path through pyproject's `pythonpath`
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 FASHION_DIR = SHARED_DATA / "fashion-product-images"
 ABT_BUY_DIR = SHARED_DATA / "abt-buy"

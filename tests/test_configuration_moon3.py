@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from train.moon3_code import Moon3Config
+from moon3.configuration_moon3 import Moon3Config
 
 
 def test_default_backbone_is_qwen3_vl_and_fire_layers_are_spread():

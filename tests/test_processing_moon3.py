@@ -164,10 +164,10 @@ def test_reasoning_target_is_written_from_attributes(processor):
 
 
 def test_fashion_reasoning_names_live_with_the_catalogue_not_the_processor():
-    from train import moon3_code
+    from moon3 import processing_moon3
     from train.fashion import fashion_reasoning
 
-    assert not hasattr(moon3_code.processing_moon3, "REASONING_FIELD_NAMES")
+    assert not hasattr(processing_moon3, "REASONING_FIELD_NAMES")
     attributes = {"articleType": "Shirts", "baseColour": "Navy Blue", "gender": "Men"}
     assert fashion_reasoning(attributes) == "type: Shirts; colour: Navy Blue; audience: Men."
 

@@ -87,7 +87,7 @@ def as_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def test_root_st_files_match_generator(st_module):
-    from train.moon3_code import configuration_moon3
+    from moon3 import configuration_moon3
 
     expected = st_module.st_files(
         configuration_moon3.DEFAULT_PRODUCT_INSTRUCTION, configuration_moon3.DEFAULT_QUERY_INSTRUCTION

@@ -125,7 +125,7 @@ def build_image_processor(family: str, min_pixels: int = 64 * 64, max_pixels: in
 
 def moon3_config(vlm_config, tokenizer, **overrides):
     """A `Moon3Config` over `vlm_config` with every special-token id read from `tokenizer`."""
-    from train.moon3_code import Moon3Config
+    from moon3.configuration_moon3 import Moon3Config
 
     ids = special_token_ids(tokenizer)
     keys = (
@@ -141,7 +141,9 @@ def moon3_config(vlm_config, tokenizer, **overrides):
 
 def register_auto_classes() -> None:
     """Make `save_pretrained` write `auto_map` entries and copy the three code files."""
-    from train.moon3_code import Moon3Config, Moon3Model, Moon3Processor
+    from moon3.configuration_moon3 import Moon3Config
+    from moon3.modeling_moon3 import Moon3Model
+    from moon3.processing_moon3 import Moon3Processor
 
     Moon3Config.register_for_auto_class()
     Moon3Model.register_for_auto_class("AutoModel")
@@ -187,7 +189,8 @@ def build_random(
     """A random-initialised MOON3 model and its processor (images bounded by `max_pixels`)."""
     import torch
 
-    from train.moon3_code import Moon3Model, Moon3Processor
+    from moon3.modeling_moon3 import Moon3Model
+    from moon3.processing_moon3 import Moon3Processor
 
     config = moon3_config(
         small_vlm_config(tokenizer, family=family, **(vlm_sizes or {})), tokenizer, **config_overrides
@@ -218,7 +221,7 @@ def wrap_backbone(vlm, config):
     materialised and initialised as `post_init` would (PyTorch's reset, then `_init_weights`), in `vlm`'s dtype."""
     import torch
 
-    from train.moon3_code import Moon3Model
+    from moon3.modeling_moon3 import Moon3Model
 
     with torch.device("meta"):
         model = Moon3Model(config)
@@ -242,8 +245,8 @@ def build_from_backbone(backbone: str, dtype: str = "auto", **config_overrides):
     """Load a pretrained Qwen-VL backbone, add MOON3's tokens and modules; return (model, processor)."""
     from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
+    from moon3.processing_moon3 import Moon3Processor
     from train.build_tokenizer import wrap_tokenizer
-    from train.moon3_code import Moon3Processor
 
     tokenizer = wrap_tokenizer(AutoTokenizer.from_pretrained(backbone))
     backbone_config = AutoConfig.from_pretrained(backbone)
@@ -362,7 +365,8 @@ def load_for_training(
 ):
     """(model, processor) for a training run: a saved MOON3 checkpoint, or a random one of `random_model_sizes` whose
     tokenizer is trained on `tokenizer_texts` (so that a smoke run needs no files)."""
-    from train.moon3_code import Moon3Model, Moon3Processor
+    from moon3.modeling_moon3 import Moon3Model
+    from moon3.processing_moon3 import Moon3Processor
 
     if random_model_sizes is not None:
         from train.build_tokenizer import train_tokenizer

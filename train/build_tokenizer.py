@@ -12,7 +12,7 @@ import csv
 from collections.abc import Iterable
 from pathlib import Path
 
-from train.moon3_code import processing_moon3
+from moon3 import processing_moon3
 
 # Order matters: ids 0..N-1 go to these, so `<|endoftext|>` (the pad token) is always id 0. The processor's list
 # (which it also escapes in user text) is the one source.
@@ -63,8 +63,8 @@ def catalogue_texts(data_dir: Path, split: str = "train") -> list[str]:
     `Attributes: ...`), the reasoning target (`audience: Men; type: Shirts; ...`), and the fixed prompt text (the
     two instructions and the chat roles) once per product, as often as the model reads it. Without the prompt text
     a catalogue-only BPE splits the instructions into ~80 tokens per sequence; with it they take ~25."""
+    from moon3 import processing_moon3
     from train.fashion import FASHION_REASONING_FIELD_NAMES
-    from train.moon3_code import processing_moon3
 
     # format_product_text needs neither a tokenizer nor an image processor: use it without building them.
     processor = processing_moon3.Moon3Processor.__new__(processing_moon3.Moon3Processor)

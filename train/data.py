@@ -855,9 +855,10 @@ def make_parser() -> argparse.ArgumentParser:
 
 def default_processor(path: Path | None = None):
     """The processor training uses to build rows: from `path` (a checkpoint folder) or the shipped checkpoint."""
-    from train.moon3_code import REPO_ROOT, Moon3Processor
+    import moon3
+    from moon3.processing_moon3 import Moon3Processor
 
-    folder = Path(path) if path is not None else REPO_ROOT
+    folder = Path(path) if path is not None else moon3.ROOT
     if not (folder / "processor_config.json").is_file():
         raise ValueError(f"--processor {str(folder)!r} has no processor_config.json; give a MOON3 checkpoint folder.")
     return Moon3Processor.from_pretrained(str(folder))

@@ -26,7 +26,7 @@ FASHION_REASONING_FIELD_NAMES = {
 
 def fashion_reasoning(attributes: Mapping[str, Any]) -> str:
     """The stage-1 reasoning target of a fashion product's attributes."""
-    from train.moon3_code import Moon3Processor
+    from moon3.processing_moon3 import Moon3Processor
 
     return Moon3Processor.format_reasoning(attributes, FASHION_REASONING_FIELD_NAMES)
 

@@ -23,18 +23,16 @@ MODULE_FILE = "sentence_transformers_moon3.py"
 
 
 def load_st_module():
-    """The root file `sentence_transformers_moon3.py`, imported inside the `moon3` package of the root files."""
-    import importlib
+    """The root file `sentence_transformers_moon3.py`, imported as `moon3.sentence_transformers_moon3`."""
+    from moon3 import sentence_transformers_moon3
 
-    from train import moon3_code
-
-    return importlib.import_module(f"{moon3_code.PACKAGE}.sentence_transformers_moon3")
+    return sentence_transformers_moon3
 
 
 def read_instructions(checkpoint: Path) -> tuple[str, str]:
     """(product_instruction, query_instruction) of a checkpoint folder: its processor_config.json (the one source;
     an older config.json's copies are read only when the folder has no processor config), else MOON3's defaults."""
-    from train.moon3_code import configuration_moon3
+    from moon3 import configuration_moon3
 
     product = configuration_moon3.DEFAULT_PRODUCT_INSTRUCTION
     query = configuration_moon3.DEFAULT_QUERY_INSTRUCTION

@@ -18,6 +18,21 @@ def test_random_encoder_is_deterministic_per_item_and_normalised():
     assert not np.allclose(first, RandomEncoder(dim=16, seed=4).encode_queries(items))
 
 
+def test_random_encoder_keys_an_image_by_its_bytes_not_its_path(tmp_path):
+    """The random baseline's figures must not depend on where the data folder lives (items carry absolute paths)."""
+    from PIL import Image
+
+    for name, colour in (("a/photo.png", (200, 0, 0)), ("b/photo.png", (200, 0, 0)), ("c/photo.png", (0, 0, 200))):
+        (tmp_path / name).parent.mkdir()
+        Image.new("RGB", (8, 8), colour).save(tmp_path / name)
+    encoder = RandomEncoder(dim=16)
+    queries = encoder.encode_queries([{"text": "x", "image": str(tmp_path / f"{d}/photo.png")} for d in "abc"])
+    products = encoder.encode_documents([{"title": "x", "images": [str(tmp_path / f"{d}/photo.png")]} for d in "abc"])
+    for vectors in (queries, products):
+        assert np.array_equal(vectors[0], vectors[1])  # same bytes at two paths
+        assert not np.allclose(vectors[0], vectors[2])  # other bytes
+
+
 def test_bm25_matches_rank_bm25():
     from rank_bm25 import BM25Okapi
 

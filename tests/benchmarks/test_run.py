@@ -111,3 +111,22 @@ def test_cache_entry_is_shared_by_tasks_that_embed_the_same_items(tmp_path):
     assert (first == second).all() and (cache.hits, cache.misses) == (1, 1)
     cache.get_or_compute("m@1", "d", "query", "gender", items, lambda: np.zeros((1, 2), np.float32))
     assert cache.misses == 2
+
+
+@pytest.mark.slow  # loads a tiny MOON3 through sentence-transformers: ~10 s
+def test_progress_shows_tasks_and_batches_with_an_estimate(tiny_fashion, tiny_checkpoint, tmp_path, capsys):
+    """Without --no-progress a run shows one bar over its tasks and one over each embedding's batches, each with the
+    time it estimates is left (tqdm's `[elapsed<remaining, ...]`)."""
+    import re
+
+    from benchmarks.run import main
+
+    main(
+        ["--model", str(tiny_checkpoint), "--trust-remote-code", "--device", "cpu", "--batch-size", "2",
+         "--data", str(tiny_fashion), "--tasks", "text2image", "image2text",
+         "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert re.search(r"tasks: +100%.*\| 2/2 \[\d\d:\d\d<\d\d:\d\d", err), err[-2000:]
+    batches = re.findall(r"Batches: +\d+%[^|]*\|[^|]*\| \d+/(\d+) \[\d\d:\d\d<\d\d:\d\d", err)
+    assert batches and max(int(total) for total in batches) > 1, err[-2000:]  # batch size 2: several batches

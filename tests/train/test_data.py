@@ -170,8 +170,8 @@ def test_grpo_prompt_of_an_image_only_query_holds_just_the_image(tiny_model, tmp
 
 @pytest.mark.skipif(not (FASHION_DIR / "products.csv").is_file(), reason="real data not found")
 def test_catalogue_tokenizer_texts_hold_the_product_text_reasoning_and_instructions():
+    from moon3 import configuration_moon3
     from train.build_tokenizer import catalogue_texts
-    from train.moon3_code import configuration_moon3
 
     texts = catalogue_texts(FASHION_DIR)
     assert any(text.startswith("Title: ") and "\nAttributes: gender: " in text for text in texts[:3])

@@ -42,14 +42,14 @@ def test_no_recipe_sets_an_option_that_cannot_run():
     "device_map", ["auto", "balanced", {"backbone": "cpu", "fusion": "cpu", "fire": "disk", "head": "cpu"}]
 )
 def test_device_maps_that_may_split_fire_from_its_layer_are_refused(device_map, tiny_checkpoint, tmp_path):
-    from train.moon3_code import Moon3Model
+    from moon3.modeling_moon3 import Moon3Model
 
     with pytest.raises(ValueError, match="FIRE blocks"):
         Moon3Model.from_pretrained(tiny_checkpoint, device_map=device_map, offload_folder=str(tmp_path))
 
 
 def test_single_device_maps_load(tiny_checkpoint):
-    from train.moon3_code import Moon3Model
+    from moon3.modeling_moon3 import Moon3Model
 
     for device_map in ("cpu", {"": "cpu"}):
         assert Moon3Model.from_pretrained(tiny_checkpoint, device_map=device_map).fire is not None

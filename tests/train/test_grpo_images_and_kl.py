@@ -123,7 +123,7 @@ def test_policy_forward_keeps_every_logits_tile_under_the_budget(tiny_model, mon
 
 @pytest.mark.slow  # ~10 s quiet, 47 s on the shared machine
 def test_stage2_trains_on_image_text_and_image_text_queries_in_one_batch(tiny_tokenizer, tmp_path):
-    from train.moon3_code import Moon3Processor
+    from moon3.processing_moon3 import Moon3Processor
 
     model, processor = build_tiny(tiny_tokenizer)
     trainer = grpo_trainer(model, processor, image_rows(tmp_path), tmp_path)
@@ -155,6 +155,39 @@ def test_stage2_scores_a_text_only_batch_from_a_dataset_with_images(tiny_tokeniz
         output = trainer._generate_and_score_completions(inputs)
         assert output["completion_ids"].shape[0] == len(inputs)
         assert ("pixel_values" in output) == (picked == [0, 2])
+
+
+def test_trl_generate_returns_images_then_tool_images(tiny_tokenizer, tmp_path):
+    """`Moon3GRPOTrainer._generate` rewrites the images TRL's `_generate` returns second to last of its 8 values: check
+    that place by what TRL returns for an image query and a text query (None or [] for the text one, the photo for the
+    image one, no tool images), and that the override gives the text query []."""
+    from PIL import Image
+    from trl import GRPOTrainer
+    from trl.data_utils import prepare_multimodal_messages
+
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = grpo_trainer(model, processor, image_rows(tmp_path), tmp_path)
+    returned = []
+    original = GRPOTrainer._generate
+
+    def recording_generate(self, prompts):
+        returned.append(original(self, prompts))
+        return returned[-1]
+
+    dataset = trainer.train_dataset
+    inputs = [dataset[i] for i in (0, 2) for _ in range(trainer.num_generations)]  # image-only, text-only queries
+    # the prompts as TRL's `_generate_and_score_completions` hands them to `_generate`
+    prompts = [prepare_multimodal_messages(row["prompt"], images=row["images"]) for row in inputs]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(GRPOTrainer, "_generate", recording_generate)
+        ours = trainer._generate(prompts)
+    (theirs,) = returned
+    assert len(theirs) == 8 and len(ours) == 8
+    images, tool_images = theirs[-2], theirs[-1]
+    assert [bool(image_list) for image_list in images] == [True, True, False, False]
+    assert all(isinstance(image, Image.Image) for image in images[0])
+    assert not any(tool_images)
+    assert ours[-2][2:] == [[], []] and ours[-2][:2] == images[:2]
 
 
 @pytest.mark.slow

@@ -89,8 +89,8 @@ def test_killed_run_resumes_to_the_same_final_step(tmp_path):
     import signal
     import time
 
+    from moon3.modeling_moon3 import Moon3Model
     from train.checkpointing import COMPLETE_MARKER, last_complete_checkpoint
-    from train.moon3_code import Moon3Model
 
     recipe = ["--output_dir", str(tmp_path), "--max_steps", "8", "--save_steps", "4"]
     command = [

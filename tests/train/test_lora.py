@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from types import SimpleNamespace
 
 import pytest
@@ -169,20 +168,6 @@ def test_attn_implementation_reaches_the_backbone(tiny_checkpoint):
     model, _ = load_for_training(str(tiny_checkpoint), attn_implementation="eager")
     assert model.backbone.model.language_model.config._attn_implementation == "eager"
     assert model.backbone.model.visual.config._attn_implementation == "eager"
-
-
-def test_trl_generate_returns_images_then_tool_images():
-    """`Moon3GRPOTrainer._generate` rewrites the images TRL's `_generate` returns (second to last of its tuple)."""
-    from trl import GRPOTrainer
-
-    source = inspect.getsource(GRPOTrainer._generate)
-    assert (
-        "return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images"
-        in source
-    )
-    assert "images,\n            tool_images,\n        ) = self._generate(prompts)" in inspect.getsource(
-        GRPOTrainer._generate_and_score_completions
-    )
 
 
 @pytest.mark.parametrize(

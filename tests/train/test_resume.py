@@ -183,16 +183,16 @@ def test_killing_the_launcher_stops_training(tmp_path, config):
     launcher = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + 1800  # a hang guard only, not a speed limit (seconds on a quiet machine)
         while not (tmp_path / "checkpoint-2" / COMPLETE_MARKER).is_file():  # training is under way
             assert launcher.poll() is None, "the run ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint-2 within 240 s"
+            assert time.monotonic() < deadline, "no checkpoint-2 within 30 min: the run hangs"
             time.sleep(0.2)
         workers = children_of(launcher.pid)
         assert workers, "the launcher has no child process"
         launcher.kill()  # SIGKILL to the launcher alone
         launcher.wait()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 300  # the kernel's SIGKILL lands at once; a hang guard only
         while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not any(alive(pid) for pid in workers), "training kept running after its launcher was killed"
