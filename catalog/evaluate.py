@@ -6,8 +6,10 @@
 For each query set (default: text2product, image2product) the gallery is written as a catalogue in the query set's
 gallery view (text2product: title + photo, image2product: title + attributes, as benchmarks/README.md defines them),
 embedded with `catalog.embed`, and searched through `CatalogSearch` (the code behind `python -m catalog.search`):
-vector search, BM25 (LanceDB full-text) and hybrid (RRF of the two). Queries are embedded in batches with the
-searcher's own embedder, then each is searched on its own. nDCG@10 and recall@10 come from benchmarks.metrics, on
+vector search, BM25 (LanceDB full-text) and hybrid: the default of `catalog.search --hybrid`, then one row per
+setting of the sweep options (`--convex-weights`, `--normalisations`, `--rrf-weights`, `--candidates`), and a line
+naming the best hybrid row. Choose a setting on the val split (`benchmarks.convert_fashion --split val`), never on
+test. Queries are embedded in batches with the searcher's own embedder, then each is searched on its own. nDCG@10 and recall@10 come from benchmarks.metrics, on
 ranks taken from the top 10 (a positive outside the top 10 contributes nothing to either metric, so they are exact).
 
 The reference column runs benchmarks' own RetrievalTask on the same data with the same model (through
@@ -40,14 +42,37 @@ def make_parser() -> argparse.ArgumentParser:
         default=["text2product", "image2product"],
         help="query sets whose gallery view is a product record (title_image / product_text)",
     )
-    parser.add_argument("--candidates", type=int, default=100, help="hybrid: hits taken from each ranking")
     parser.add_argument(
-        "--vector-weights",
+        "--candidates", type=int, nargs="+", default=[100], help="hybrid: hits taken from each ranking (a sweep)"
+    )
+    parser.add_argument(
+        "--convex-weights",
         type=float,
+        nargs="*",
+        default=[],
+        help="hybrid sweep: convex fusion with vector weight W and BM25 weight 1 - W, one row per W "
+        "(choose on the val split, report on test)",
+    )
+    parser.add_argument(
+        "--normalisations",
         nargs="+",
+        choices=("minmax", "zscore"),
+        default=["minmax"],
+        help="hybrid sweep: score scaling of the --convex-weights rows",
+    )
+    parser.add_argument(
+        "--rrf-weights",
+        type=float,
+        nargs="*",
         default=[1.0],
-        help="hybrid: RRF weights of the vector ranking to report (BM25's is 1); the first is "
-        "'hybrid', others 'hybrid w=...' (a sweep on the evaluated data, not a tuned setting)",
+        help="hybrid sweep: RRF with vector weight W and BM25 weight 1, one row per W",
+    )
+    parser.add_argument(
+        "--bm25-tie-orders",
+        type=int,
+        default=0,
+        help="also report BM25 with its equal scores in N random orders (mean, sd): how much of a hybrid's gain "
+        "over BM25 could come from its tie order alone",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="products / queries per forward pass")
     parser.add_argument("--cache-dir", default=None, help="benchmarks' embedding cache for the reference run")
@@ -120,18 +145,64 @@ def evaluate_catalog(args, data, query_set: str) -> dict[str, dict[str, float]]:
     searcher = CatalogSearch(work / "catalog")
     texts, photos, positives = query_inputs(data, query_set)
     vectors = query_vectors(searcher, texts, photos, args.batch_size)
-    hybrid_names = ["hybrid"] + [f"hybrid w={w:g}" for w in args.vector_weights[1:]]
-    ranks = {name: [] for name in ["vector", "bm25", *hybrid_names]}
+    settings = hybrid_settings(args)
+    ranks = {name: [] for name in ["vector", "bm25", *settings]}
+    tie_rngs = [np.random.default_rng(seed) for seed in range(args.bm25_tie_orders)]
+    tie_ranks = [[] for _ in tie_rngs]  # BM25's ranking with its ties in a random order, one list per seed
     for text, vector, pos in zip(texts, vectors, positives):
-        vector_hits = searcher.vector_search(vector, k=max(K, args.candidates))
-        ranks["vector"].append(ranks_from_hits([h["id"] for h in vector_hits[:K]], pos))
-        if text:
-            text_hits = searcher.text_search(text, k=max(K, args.candidates))
-            ranks["bm25"].append(ranks_from_hits([h["id"] for h in text_hits[:K]], pos))
-            for name, weight in zip(hybrid_names, args.vector_weights):
-                fused = searcher.fuse(vector_hits, text_hits, K, weights=(weight, 1.0))
-                ranks[name].append(ranks_from_hits([h["id"] for h in fused], pos))
-    return {method: metrics(r) for method, r in ranks.items() if r}
+        vector_hits = searcher.vector_search(vector, k=K)
+        ranks["vector"].append(ranks_from_hits([h["id"] for h in vector_hits], pos))
+        if not text:
+            continue
+        ranks["bm25"].append(ranks_from_hits([h["id"] for h in searcher.text_search(text, k=K)], pos))
+        pools = {c: searcher.hybrid_candidates(text, vector, candidates=max(K, c)) for c in args.candidates}
+        for name, (candidates, fusion, weights, normalisation) in settings.items():
+            fused = searcher.fuse(pools[candidates], K, fusion, weights, normalisation)
+            ranks[name].append(ranks_from_hits([h["id"] for h in fused], pos))
+        pool = pools[max(args.candidates)]
+        for order, rng in zip(tie_ranks, tie_rngs):
+            order.append(ranks_from_hits(shuffle_ties(pool.text_ids, pool.bm25, rng)[:K], pos))
+    results = {method: metrics(r) for method, r in ranks.items() if r}
+    if tie_ranks and tie_ranks[0]:
+        ndcgs = np.array([metrics(r)["ndcg@10"] for r in tie_ranks])
+        results["bm25 random tie orders"] = {
+            "ndcg@10": float(ndcgs.mean()),
+            "recall@10": float(np.mean([metrics(r)["recall@10"] for r in tie_ranks])),
+            "ndcg@10_sd": float(ndcgs.std()),
+            "ndcg@10_min": float(ndcgs.min()),
+            "ndcg@10_max": float(ndcgs.max()),
+            "orders": len(tie_ranks),
+        }
+    return results
+
+
+def shuffle_ties(ids: list[str], scores: dict[str, float], rng) -> list[str]:
+    """`ids` by descending score, equal scores in a random order drawn from `rng`."""
+    keys = dict(zip(ids, rng.random(len(ids))))
+    return sorted(ids, key=lambda i: (-scores[i], keys[i]))
+
+
+def hybrid_settings(args) -> dict[str, tuple[int, str, tuple[float, float], str]]:
+    """Row name -> (candidates, fusion, (vector weight, BM25 weight), normalisation) of each hybrid row: first the
+    default of catalog.search --hybrid, then the sweep."""
+    from .search import DEFAULT_FUSION, DEFAULT_NORMALISATION, DEFAULT_WEIGHTS
+
+    default_candidates = 100 if 100 in args.candidates else args.candidates[0]
+    vector_weight = DEFAULT_WEIGHTS[DEFAULT_FUSION][0]
+    settings = {
+        f"hybrid (default: {DEFAULT_FUSION} {DEFAULT_NORMALISATION} w={vector_weight:g} c={default_candidates})": (
+            default_candidates, DEFAULT_FUSION, DEFAULT_WEIGHTS[DEFAULT_FUSION], DEFAULT_NORMALISATION)
+    }  # fmt: skip
+    for candidates in args.candidates:
+        for normalisation in args.normalisations:
+            for w in args.convex_weights:
+                if not 0.0 <= w <= 1.0:
+                    raise ValueError(f"--convex-weights must lie in [0, 1], got {w}.")
+                name = f"hybrid convex {normalisation} w={w:g} c={candidates}"
+                settings[name] = (candidates, "convex", (w, 1.0 - w), normalisation)
+        for w in args.rrf_weights:
+            settings[f"hybrid rrf w={w:g} c={candidates}"] = (candidates, "rrf", (w, 1.0), DEFAULT_NORMALISATION)
+    return settings
 
 
 def reference(args, data, query_set: str) -> dict[str, dict[str, float]]:
@@ -170,6 +241,19 @@ def main(argv: list[str] | None = None) -> dict:
     for query_set, row in results["query_sets"].items():
         for method, values in row.items():
             print(f"| {query_set} | {method} | {values['ndcg@10']:.3f} | {values['recall@10']:.3f} |")
+    for query_set, row in results["query_sets"].items():
+        hybrids = {m: v["ndcg@10"] for m, v in row.items() if m.startswith("catalog hybrid")}
+        order = sorted(hybrids, key=lambda m: "(default" in m)  # the default row last: a tie goes to a sweep row
+        if len(hybrids) > 1:
+            best = max(order, key=hybrids.get)  # full precision; an exact tie goes to the earlier row
+            print(f"best hybrid nDCG@10 on {query_set}: {best} ({hybrids[best]:.4f})")
+        spread = row.get("catalog bm25 random tie orders")
+        if spread:
+            print(
+                f"bm25 with ties in random order on {query_set} ({spread['orders']} orders): nDCG@10 mean "
+                f"{spread['ndcg@10']:.4f}, sd {spread['ndcg@10_sd']:.4f}, min {spread['ndcg@10_min']:.4f}, "
+                f"max {spread['ndcg@10_max']:.4f}"
+            )
     return results
 
 

@@ -7,8 +7,10 @@
 Vector search embeds the query with the catalogue's model (recorded in OUT/manifest.json; `--model` overrides) on
 the query side, in direct mode, and ranks products by cosine similarity (exact below the ANN threshold, IVF_PQ with
 exact re-scoring above it). `--hybrid` also runs LanceDB's BM25 full-text search over title + attributes +
-description and fuses the two rankings (top `--candidates` of each) by weighted reciprocal rank fusion
-(catalog/fusion.py). `--bm25` is full-text search alone. Filters apply before ranking (prefilter) on both sides.
+description, takes the union of the top `--candidates` of each with both scores of every candidate, and fuses
+them (catalog/fusion.py): by default a convex combination of min-max normalised cosine and BM25 (vector weight
+chosen on the fashion val split), or `--fusion rrf` (weighted reciprocal rank fusion). `--bm25` is full-text search
+alone. Filters apply before ranking (prefilter) on both sides.
 
 The Python call is the same:
     >>> from catalog.search import CatalogSearch
@@ -22,11 +24,46 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 RESULT_FIELDS = ("id", "title", "image")
+DEFAULT_FUSION = "convex"
+DEFAULT_NORMALISATION = "minmax"
+# (vector weight, BM25 weight) per fusion. convex: vector weight CHOSEN_VECTOR_WEIGHT, picked on the fashion val
+# split (docs/catalog.md, "Measured on the fashion splits"); rrf: 1 and 1 as in the paper.
+CHOSEN_VECTOR_WEIGHT = 0.1
+DEFAULT_WEIGHTS = {"convex": (CHOSEN_VECTOR_WEIGHT, 1.0 - CHOSEN_VECTOR_WEIGHT), "rrf": (1.0, 1.0)}
+
+
+@dataclass
+class Candidates:
+    """A hybrid query's candidate pool: hits by id, the two ranked id lists, and every hit's cosine and BM25."""
+
+    hits: dict[str, dict]
+    vector_ids: list[str]
+    text_ids: list[str]
+    cosine: dict[str, float]
+    bm25: dict[str, float]
+
+
+def fusion_weights(fusion: str, vector_weight: float | None = None, text_weight: float | None = None):
+    """(vector weight, BM25 weight) of `fusion`, each None replaced by its default."""
+    from .fusion import FUSIONS
+
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion must be one of {list(FUSIONS)}, got {fusion!r}.")
+    default_vector, default_text = DEFAULT_WEIGHTS[fusion]
+    return (default_vector if vector_weight is None else vector_weight,
+            default_text if text_weight is None else text_weight)  # fmt: skip
+
+
+def _id_filter(ids: list[str], filter: str | None) -> str:
+    """SQL `id IN (...)` for `ids` (quotes escaped), ANDed with the user's filter."""
+    quoted = ", ".join("'" + i.replace("'", "''") + "'" for i in ids)
+    return f"id IN ({quoted})" + (f" AND ({filter})" if filter else "")
 
 
 class CatalogSearch:
@@ -115,13 +152,16 @@ class CatalogSearch:
         hybrid: bool = False,
         bm25: bool = False,
         candidates: int = 100,
-        vector_weight: float = 1.0,
-        text_weight: float = 1.0,
+        fusion: str = DEFAULT_FUSION,
+        vector_weight: float | None = None,
+        text_weight: float | None = None,
+        normalisation: str = DEFAULT_NORMALISATION,
     ) -> list[dict]:
         """Top k products for a text and/or photo query: `[{"id", "title", "image", "score"}, ...]`, best first.
 
-        `hybrid=True` fuses the vector ranking with BM25 over the text (RRF; `score` = fused score); `bm25=True`
-        uses BM25 alone. Both need `text`.
+        `hybrid=True` fuses the vector ranking with BM25 over the text (`fusion`: "convex" or "rrf", see
+        catalog/fusion.py; `score` = fused score; weights default to DEFAULT_WEIGHTS[fusion]); `bm25=True` uses
+        BM25 alone. Both need `text`.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}.")
@@ -132,21 +172,51 @@ class CatalogSearch:
         vector = self.query_vector(text, image)
         if not hybrid:
             return self.vector_search(vector, filter, k)
-        return self.fuse(
-            self.vector_search(vector, filter, max(k, candidates)),
-            self.text_search(text, filter, max(k, candidates)),
-            k,
-            (vector_weight, text_weight),
-        )
+        pool = self.hybrid_candidates(text, vector, filter, max(k, candidates))
+        return self.fuse(pool, k, fusion, fusion_weights(fusion, vector_weight, text_weight), normalisation)
+
+    def hybrid_candidates(self, text: str, vector, filter: str | None = None, candidates: int = 100) -> Candidates:
+        """The union of the top `candidates` of vector search and of BM25, each product with both its scores.
+
+        A BM25 hit outside the vector top list gets its exact cosine (an exact scan over those ids); a vector hit
+        outside the BM25 top list gets its BM25 score (full-text search restricted to those ids), 0 when no query
+        word occurs in it.
+        """
+        vector_hits = self.vector_search(vector, filter, candidates)
+        text_hits = self.text_search(text, filter, candidates)
+        cosine = {h["id"]: h["score"] for h in vector_hits}
+        bm25 = {h["id"]: h["score"] for h in text_hits}
+        hits = {h["id"]: h for h in text_hits + vector_hits}
+        need_cosine = [i for i in bm25 if i not in cosine]
+        if need_cosine:
+            builder = self.table.search(vector, vector_column_name="vector").distance_type("cosine")
+            builder = builder.bypass_vector_index().where(_id_filter(need_cosine, filter), prefilter=True)
+            cosine.update({row["id"]: 1.0 - row["_distance"] for row in builder.limit(len(need_cosine)).to_list()})
+        need_bm25 = [i for i in cosine if i not in bm25]
+        if need_bm25:
+            builder = self.table.search(text, query_type="fts", fts_columns="search_text")
+            builder = builder.where(_id_filter(need_bm25, filter), prefilter=True).limit(len(need_bm25))
+            found = {row["id"]: row["_score"] for row in builder.to_list()}
+            bm25.update({i: found.get(i, 0.0) for i in need_bm25})
+        return Candidates(hits, [h["id"] for h in vector_hits], [h["id"] for h in text_hits], cosine, bm25)
 
     @staticmethod
-    def fuse(vector_hits: list[dict], text_hits: list[dict], k: int, weights=(1.0, 1.0)) -> list[dict]:
-        """Weighted RRF of two hit lists; keeps each product's fields, `score` = fused score."""
-        from .fusion import reciprocal_rank_fusion
+    def fuse(
+        pool: Candidates,
+        k: int,
+        fusion: str = DEFAULT_FUSION,
+        weights: tuple[float, float] | None = None,
+        normalisation: str = DEFAULT_NORMALISATION,
+    ) -> list[dict]:
+        """Top k of a candidate pool by `fusion` with (vector, BM25) `weights`; `score` = fused score."""
+        from .fusion import convex_fusion, reciprocal_rank_fusion
 
-        by_id = {hit["id"]: hit for hit in text_hits + vector_hits}
-        fused = reciprocal_rank_fusion([[h["id"] for h in vector_hits], [h["id"] for h in text_hits]], weights)
-        return [{**by_id[i], "score": score} for i, score in fused[:k]]
+        weights = fusion_weights(fusion, *(weights or (None, None)))
+        if fusion == "rrf":
+            fused = reciprocal_rank_fusion([pool.vector_ids, pool.text_ids], weights)
+        else:
+            fused = convex_fusion([pool.cosine, pool.bm25], weights, normalisation)
+        return [{**pool.hits[i], "score": score} for i, score in fused[:k]]
 
     @staticmethod
     def _result(row: dict, score: float) -> dict:
@@ -161,11 +231,30 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--filter", default=None, help="SQL filter on metadata, e.g. \"gender = 'Women'\"")
     parser.add_argument("-k", type=int, default=10, help="results to print")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--hybrid", action="store_true", help="fuse BM25 full-text and vector rankings (RRF)")
+    mode.add_argument("--hybrid", action="store_true", help="fuse BM25 full-text and vector search (see --fusion)")
     mode.add_argument("--bm25", action="store_true", help="BM25 full-text search only (no model)")
     parser.add_argument("--candidates", type=int, default=100, help="hybrid: hits taken from each ranking")
-    parser.add_argument("--vector-weight", type=float, default=1.0, help="hybrid: RRF weight of the vector ranking")
-    parser.add_argument("--text-weight", type=float, default=1.0, help="hybrid: RRF weight of the BM25 ranking")
+    parser.add_argument(
+        "--fusion",
+        choices=("convex", "rrf"),
+        default=DEFAULT_FUSION,
+        help="hybrid: convex = weighted sum of normalised scores (default), rrf = reciprocal rank fusion",
+    )
+    parser.add_argument(
+        "--normalisation", choices=("minmax", "zscore"), default=DEFAULT_NORMALISATION, help="hybrid convex: scaling"
+    )
+    parser.add_argument(
+        "--vector-weight",
+        type=float,
+        default=None,
+        help=f"hybrid: weight of the vector side (default convex {DEFAULT_WEIGHTS['convex'][0]:g}, rrf 1)",
+    )
+    parser.add_argument(
+        "--text-weight",
+        type=float,
+        default=None,
+        help=f"hybrid: weight of the BM25 side (default convex {DEFAULT_WEIGHTS['convex'][1]:g}, rrf 1)",
+    )
     parser.add_argument("--model", default=None, help="checkpoint for query embedding (default: the manifest's)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON lines")
     return parser
@@ -188,6 +277,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         hybrid=args.hybrid,
         bm25=args.bm25,
         candidates=args.candidates,
+        fusion=args.fusion,
+        normalisation=args.normalisation,
         vector_weight=args.vector_weight,
         text_weight=args.text_weight,
     )

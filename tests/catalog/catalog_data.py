@@ -52,3 +52,27 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def embed_args(model, input_path, out, *extra) -> list[str]:
     return ["--model", str(model), "--input", str(input_path), "--out", str(out), "--no-progress", *extra]
+
+
+def tiny_bench_fashion(root: Path, n: int = 12) -> Path:
+    """A benchmark data folder (benchmarks.convert_fashion's output) of `n` test-split products, built in `root`."""
+    from PIL import Image
+
+    from benchmarks.convert_fashion import convert, split_of
+
+    (root / "src").mkdir(parents=True, exist_ok=True)
+    rows, product_id = [], 1000
+    while len(rows) < n:
+        product_id += 1
+        if split_of(product_id) != "test":
+            continue
+        title, gender, colour, article = TITLES[len(rows) % len(TITLES)]
+        path = root / "src" / f"{product_id}.jpg"
+        Image.new("RGB", (16, 16), COLOURS[colour]).save(path)
+        brand = f"{title.split()[0]}{len(rows) // len(TITLES)}"  # Nike0, Turtle0, ..., Nike1: unique per product
+        rows.append(
+            {"id": str(product_id), "split": "test", "productDisplayName": f"{brand} {gender} {colour} {article}",
+             "gender": gender, "masterCategory": "Apparel", "subCategory": "Topwear", "articleType": article,
+             "baseColour": colour, "season": "Fall", "year": "2012", "usage": "Casual", "image": str(path)}
+        )  # fmt: skip
+    return convert(rows, root / "fashion")

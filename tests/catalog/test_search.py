@@ -1,4 +1,4 @@
-"""catalog.search: exact vector search by text and photo, SQL filters, BM25, hybrid RRF, the CLI, the ANN index."""
+"""catalog.search: exact vector search by text and photo, SQL filters, BM25, hybrid fusion, the CLI, the ANN index."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from catalog_data import embed_args, good_products, write_jsonl
 
 from catalog.embed import main as embed_main
-from catalog.fusion import reciprocal_rank_fusion
+from catalog.fusion import convex_fusion, normalise, reciprocal_rank_fusion
 from catalog.search import CatalogSearch
 from catalog.search import main as search_main
 
@@ -83,16 +83,59 @@ def test_rrf_on_a_hand_built_case():
         reciprocal_rank_fusion([["a"]], weights=[1, 2])
 
 
-def test_hybrid_is_rrf_of_the_vector_and_bm25_rankings(searcher):
+def test_convex_fusion_on_a_hand_built_case():
+    cosine = {"a": 0.9, "b": 0.5, "c": 0.1, "d": 0.3}  # min-max: a 1, b 0.5, c 0, d 0.25
+    bm25 = {"a": 0.0, "b": 6.0, "c": 6.0, "d": 3.0}  # min-max: a 0, b 1, c 1, d 0.5
+    fused = convex_fusion([cosine, bm25], weights=[0.2, 0.8])
+    # b 0.1 + 0.8, c 0 + 0.8 (BM25 tie broken by the cosine), d 0.05 + 0.4, a 0.2 + 0
+    assert [i for i, _ in fused] == ["b", "c", "d", "a"]
+    assert [s for _, s in fused] == pytest.approx([0.9, 0.8, 0.45, 0.2])
+    # equal weights: the ranker with the wider normalised spread decides; all-equal scores normalise to 1 / 0
+    assert [i for i, _ in convex_fusion([cosine, bm25], weights=[1, 1])] == ["b", "a", "c", "d"]
+    assert normalise({"x": 2.0, "y": 2.0}) == {"x": 1.0, "y": 1.0}
+    assert normalise({"x": 2.0, "y": 2.0}, "zscore") == {"x": 0.0, "y": 0.0}
+    z = normalise({"x": 1.0, "y": 3.0}, "zscore")
+    assert (z["x"], z["y"]) == pytest.approx((-1.0, 1.0))
+    with pytest.raises(ValueError, match="different set of ids"):
+        convex_fusion([{"a": 1.0}, {"b": 1.0}])
+    with pytest.raises(ValueError, match="normalisation must be one of"):
+        convex_fusion([{"a": 1.0}], normalisation="rank")
+
+
+def test_hybrid_candidates_carry_the_exact_cosine_and_bm25_of_every_product(searcher):
+    query = "fabindia kurta"  # BM25 matches only p3, p7 and p11
+    vector = searcher.query_vector(query)
+    pool = searcher.hybrid_candidates(query, vector, candidates=4)
+    assert len(pool.vector_ids) == 4 and set(pool.text_ids) == {"p3", "p7", "p11"}
+    assert set(pool.hits) == set(pool.cosine) == set(pool.bm25) == set(pool.vector_ids) | set(pool.text_ids)
+    ids, _ = brute_force(searcher, vector)
+    exact_ids, exact_scores = brute_force(searcher, vector, keep=set(pool.hits))
+    assert {i: pytest.approx(s, abs=1e-5) for i, s in zip(exact_ids, exact_scores)} == pool.cosine
+    all_bm25 = {h["id"]: h["score"] for h in searcher.text_search(query, k=12)}
+    assert pool.bm25 == {i: pytest.approx(all_bm25.get(i, 0.0)) for i in pool.hits}  # 0 where no word matches
+
+
+def test_hybrid_default_is_the_convex_fusion_of_the_pool_and_rrf_is_an_option(searcher):
+    from catalog.search import DEFAULT_WEIGHTS
+
     query = "turtle navy blue shirt"
+    vector = searcher.query_vector(query)
+    pool = searcher.hybrid_candidates(query, vector, candidates=12)
     hits = searcher.search(text=query, hybrid=True, k=12, candidates=12)
-    vector_ids = [h["id"] for h in searcher.vector_search(searcher.query_vector(query), k=12)]
-    text_ids = [h["id"] for h in searcher.text_search(query, k=12)]
-    expected = reciprocal_rank_fusion([vector_ids, text_ids])
+    expected = convex_fusion([pool.cosine, pool.bm25], DEFAULT_WEIGHTS["convex"])
     assert [(h["id"], pytest.approx(h["score"])) for h in hits] == [(i, pytest.approx(s)) for i, s in expected]
     assert hits[0]["id"] in {"p1", "p5", "p9"}  # the Turtle shirts: top of BM25, so top of the fusion
+    rrf = searcher.search(text=query, hybrid=True, k=12, candidates=12, fusion="rrf")
+    vector_ids = [h["id"] for h in searcher.vector_search(vector, k=12)]
+    text_ids = [h["id"] for h in searcher.text_search(query, k=12)]
+    expected = reciprocal_rank_fusion([vector_ids, text_ids])
+    assert [(h["id"], pytest.approx(h["score"])) for h in rrf] == [(i, pytest.approx(s)) for i, s in expected]
+    filtered = searcher.search(text=query, hybrid=True, k=12, filter="gender = 'Women'")
+    assert filtered and all(h["id"] in {"p0", "p3", "p4", "p7", "p8", "p11"} for h in filtered)
     with pytest.raises(ValueError, match="need a text query"):
         searcher.search(image=stored(searcher)[2].column("image").to_pylist()[0], hybrid=True)
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        searcher.search(text=query, hybrid=True, fusion="sum")
 
 
 def test_cli_prints_rank_score_id_and_title(searcher, capsys):
