@@ -123,6 +123,17 @@ def record_time(folder: Path, step: str, seconds: float) -> None:
     atomic_write_text(path, json.dumps(timings, indent=2) + "\n")
 
 
+def ensure_tokenizer(out: Path, catalogue: Path, dry_run: bool) -> Path:
+    """`<out>/tokenizer`, trained once on the catalogue's train split (`python -m train.build_tokenizer`), shared by
+    every checkpoint built under `out`."""
+    tokenizer = out / "tokenizer"
+    if not (tokenizer / "tokenizer.json").is_file():
+        command = [sys.executable, "-m", "train.build_tokenizer", "--data", str(catalogue)]
+        command += ["--vocab-size", str(VOCAB_SIZE), "--out", str(tokenizer)]
+        run(command, out / "tokenizer.log", dry_run)
+    return tokenizer
+
+
 def is_checkpoint(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and (folder / "modules.json").is_file()
 
@@ -201,12 +212,8 @@ def markdown(rows: dict[str, dict]) -> str:
     return "\n".join(lines) + f"\n\n{note} tasks among them (nDCG@10).\n"
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="folder for every run and the table")
-    parser.add_argument(
-        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="rows to run (default: all)"
-    )
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every train-and-evaluate driver shares (this one and `train.seeds`)."""
     parser.add_argument(
         "--data",
         nargs="+",
@@ -215,13 +222,30 @@ def make_parser() -> argparse.ArgumentParser:
         help="benchmark data folders (python -m benchmarks.convert_fashion / convert_abt_buy)",
     )
     parser.add_argument(
-        "--tasks", nargs="*", default=None, help="benchmarks.run --tasks for every variant (default: all tasks)"
-    )
-    parser.add_argument(
         "--catalogue",
         type=Path,
         default=Path("../shared/data/fashion-product-images"),
         help="fashion catalogue the tokenizer is trained on (train split)",
+    )
+    parser.add_argument("--skip-eval", action="store_true", help="train only")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+
+
+def prepare_run(args) -> None:
+    """Logging, the output folder and the shared tokenizer, before any checkpoint is built."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    ensure_tokenizer(args.out, args.catalogue, args.dry_run)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="folder for every run and the table")
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="rows to run (default: all)"
+    )
+    parser.add_argument(
+        "--tasks", nargs="*", default=None, help="benchmarks.run --tasks for every variant (default: all tasks)"
     )
     parser.add_argument(
         "--baselines", nargs="*", default=[], help="results.json files of baselines to add as rows (e.g. bm25)"
@@ -234,8 +258,6 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mode", default="direct", choices=["direct", "reason"], help="MOON3 embedding mode for the evaluation"
     )
-    parser.add_argument("--skip-eval", action="store_true", help="train only")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
         "--stage1-args",
         type=shlex.split,
@@ -243,21 +265,13 @@ def make_parser() -> argparse.ArgumentParser:
         help='extra stage-1 flags for every variant, e.g. "--max_steps 10"',
     )
     parser.add_argument("--stage2-args", type=shlex.split, default=[], help="extra stage-2 flags for every variant")
+    add_run_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    tokenizer = args.out / "tokenizer"
-    if not (tokenizer / "tokenizer.json").is_file():
-        command = [sys.executable, "-m", "train.build_tokenizer", "--data", str(args.catalogue)]
-        run(
-            command + ["--vocab-size", str(VOCAB_SIZE), "--out", str(tokenizer)],
-            args.out / "tokenizer.log",
-            args.dry_run,
-        )
+    prepare_run(args)
     rows = {}
     for name in args.variants:
         variant = VARIANTS[name]

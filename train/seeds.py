@@ -23,9 +23,10 @@ from pathlib import Path
 
 from train.ablate import (
     MINI_BUILD_ARGS,
-    VOCAB_SIZE,
+    add_run_arguments,
     atomic_write_text,
     is_checkpoint,
+    prepare_run,
     primary_metrics,
     record_time,
     run,
@@ -117,35 +118,15 @@ def make_parser() -> argparse.ArgumentParser:
         "--stage1-args", type=shlex.split, default=[], help='extra stage-1 flags, e.g. "--max_steps 10"'
     )
     parser.add_argument("--stage2-args", type=shlex.split, default=[], help="extra stage-2 flags")
-    parser.add_argument(
-        "--data",
-        nargs="+",
-        type=Path,
-        default=[Path("runs/data/fashion"), Path("runs/data/abt-buy")],
-        help="benchmark data folders (python -m benchmarks.convert_fashion / convert_abt_buy)",
-    )
     parser.add_argument("--tasks", nargs="*", default=None, help="benchmarks.run --tasks (default: all tasks)")
     parser.add_argument("--modes", nargs="+", default=["direct", "reason"], choices=["direct", "reason"])
-    parser.add_argument(
-        "--catalogue",
-        type=Path,
-        default=Path("../shared/data/fashion-product-images"),
-        help="fashion catalogue the tokenizer is trained on (train split)",
-    )
-    parser.add_argument("--skip-eval", action="store_true", help="train only")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    add_run_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    tokenizer = args.out / "tokenizer"
-    if not (tokenizer / "tokenizer.json").is_file():
-        command = [sys.executable, "-m", "train.build_tokenizer", "--data", str(args.catalogue)]
-        command += ["--vocab-size", str(VOCAB_SIZE), "--out", str(tokenizer)]
-        run(command, args.out / "tokenizer.log", args.dry_run)
+    prepare_run(args)
     per_seed: dict[tuple[str, str], list[dict]] = {}
     for seed in args.seeds:
         logger.info("== seed %d", seed)
