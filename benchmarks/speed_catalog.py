@@ -3,9 +3,11 @@
     python -m benchmarks.speed_catalog --model . --input runs/data/fashion/products.jsonl --products 96 \
         --sizes 10000 100000 1000000 --out runs/speed_catalog.json
 
-Part 1 embeds the first `--products` products of `--input` with catalog.embed (direct mode, shards only) on the local
-engine and on Ray Data with 1 and 2 workers (one CPU each; the local Ray instance is started before the clock, actor
-start-up and model loading are inside it) and reports products/s. Part 2 writes `--sizes` synthetic unit vectors
+Part 1 embeds the first `--products` products of `--input` with catalog.embed (direct mode, shards only) on each of
+`--engines`: `local` (this process, torch's default threads), `localN` (this process, N torch threads, e.g. `local1`
+to compare with one Ray worker) and `rayN` (Ray Data with N workers of one CPU each; the local Ray instance is
+started before the clock, actor start-up and model loading are inside it), `--repeats` times each in turn, and reports
+the median products/s with every run's seconds beside it. Part 2 writes `--sizes` synthetic unit vectors
 (`--dim`, drawn around `--clusters` random centres so that neighbourhoods exist, as in real embeddings) into a
 LanceDB table and times `--queries` single-query searches (k=10) without an index (exact scan), then builds each of
 `--index-types` as catalog.store does (IVF_HNSW_SQ: one graph per 100k rows; IVF_PQ: sqrt(N) partitions, dim/8
@@ -33,7 +35,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=".", help="MOON3 checkpoint for the embedding part")
     parser.add_argument("--input", default="runs/data/fashion/products.jsonl", help="catalogue to embed from")
     parser.add_argument("--products", type=int, default=96, help="products embedded per engine (0 = skip part 1)")
-    parser.add_argument("--engines", nargs="+", default=["local", "ray1", "ray2"], help="local, ray1, ray2")
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        default=["local", "local1", "ray1", "ray2"],
+        help="local (torch's threads), localN (N torch threads), rayN (N Ray workers)",
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs per engine (the median is reported)")
     parser.add_argument("--batch-size", type=int, default=8, help="products per forward pass")
     parser.add_argument(
         "--sizes",
@@ -57,37 +65,73 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_engine(name: str) -> tuple[str, int | None]:
+    """("local", threads or None) or ("ray", workers) from an --engines name such as local, local1 or ray2."""
+    for kind in ("local", "ray"):
+        rest = name[len(kind) :] if name.startswith(kind) else None
+        if rest is not None and (rest == "" and kind == "local" or rest.isdigit() and int(rest) >= 1):
+            return kind, int(rest) if rest else None
+    raise ValueError(f"--engines: unknown engine {name!r}; use local, localN (N torch threads) or rayN (N workers).")
+
+
 def embedding_throughput(args, work: Path) -> list[dict]:
-    """products/s of catalog.embed for each engine on the same products."""
+    """Median products/s of catalog.embed for each engine on the same products, over --repeats runs."""
     from benchmarks.io_utils import atomic_write_jsonl
     from catalog.embed import embed_catalog
     from catalog.embed import make_parser as embed_parser
     from catalog.records import read_catalog
 
+    engines = {name: parse_engine(name) for name in args.engines}
     products, _ = read_catalog(args.input)
     subset = [{k: p[k] for k in ("id", "title", "attributes", "images")} for p in products[: args.products]]
     source = atomic_write_jsonl(work / "subset.jsonl", subset)
-    rows = []
-    for engine in args.engines:
-        extra = ["--engine", "ray", "--workers", engine[3:]] if engine.startswith("ray") else []
-        embed_args = embed_parser().parse_args(
-            ["--model", args.model, "--input", str(source), "--out", str(work / f"embed-{engine}"), "--skip-index",
-             "--batch-size", str(args.batch_size), "--shard-size", str(args.batch_size * 4), "--no-progress", *extra]
-        )  # fmt: skip
-        if extra:
-            import ray
+    seconds: dict[str, list[float]] = {name: [] for name in engines}
+    for repeat in range(args.repeats):
+        for name, (kind, count) in engines.items():  # engines interleaved, so a load change hits all of them
+            if kind == "ray":
+                extra = ["--engine", "ray", "--workers", str(count)]
+            else:
+                extra = ["--threads", str(count)] if count else []
+            out = work / f"embed-{name}-{repeat}"
+            embed_args = embed_parser().parse_args(
+                ["--model", args.model, "--input", str(source), "--out", str(out), "--skip-index",
+                 "--batch-size", str(args.batch_size), "--shard-size", str(args.batch_size * 4), "--no-progress",
+                 *extra]
+            )  # fmt: skip
+            if kind == "ray":
+                import ray
 
-            ray.init(num_cpus=int(engine[3:]), include_dashboard=False, log_to_driver=False)
-        start = time.perf_counter()
-        embed_catalog(embed_args)
-        seconds = time.perf_counter() - start
-        if extra:
-            ray.shutdown()
-        rows.append(
-            {"engine": engine, "products": len(subset), "seconds": seconds, "products_per_s": len(subset) / seconds}
-        )
-        logger.info("%s: %d products in %.1f s", engine, len(subset), seconds)
+                ray.init(num_cpus=count, include_dashboard=False, log_to_driver=False)
+            threads = torch_threads()
+            start = time.perf_counter()
+            try:
+                embed_catalog(embed_args)
+            finally:
+                elapsed = time.perf_counter() - start
+                if kind == "ray":
+                    ray.shutdown()
+                set_torch_threads(threads)  # --threads changed this process's setting
+            shutil.rmtree(out, ignore_errors=True)
+            seconds[name].append(elapsed)
+            logger.info("%s run %d: %d products in %.1f s", name, repeat + 1, len(subset), elapsed)
+    rows = []
+    for name, runs in seconds.items():
+        median = float(np.median(runs))
+        rows.append({"engine": name, "products": len(subset), "seconds": median, "runs_s": runs,
+                     "products_per_s": len(subset) / median})  # fmt: skip
     return rows
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def synthetic_vectors(n: int, dim: int, clusters: int, rng) -> np.ndarray:
@@ -157,9 +201,10 @@ def index_size(args, n: int, work: Path, rng) -> list[dict]:
 
 def print_tables(results: dict) -> None:
     if results["embedding"]:
-        print("| engine | products | seconds | products/s |\n|---|---:|---:|---:|")
+        print("| engine | products | median seconds (runs) | products/s |\n|---|---:|---:|---:|")
         for r in results["embedding"]:
-            print(f"| {r['engine']} | {r['products']} | {r['seconds']:.1f} | {r['products_per_s']:.2f} |")
+            runs = ", ".join(f"{s:.1f}" for s in r["runs_s"])
+            print(f"| {r['engine']} | {r['products']} | {r['seconds']:.1f} ({runs}) | {r['products_per_s']:.2f} |")
     if results["index"]:
         print("\n| vectors | index | build (s) | query p50 / p95 (ms) | recall@10 vs exact |")
         print("|---:|---|---:|---:|---:|")
@@ -170,6 +215,13 @@ def print_tables(results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = make_parser().parse_args(argv)
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {args.repeats}.")
+    for name in args.engines:
+        try:
+            parse_engine(name)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="speed_catalog."))
     work.mkdir(parents=True, exist_ok=True)

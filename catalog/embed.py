@@ -45,6 +45,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="products per forward pass")
     parser.add_argument("--truncate-dim", type=int, default=None, help="keep this many dims (Matryoshka); default all")
     parser.add_argument("--device", default=None, help="torch device for the local engine (default CPU)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="local engine: torch intra-op threads (default: torch's choice, all cores); Ray sets one per CPU share",
+    )
     # Ray engine
     parser.add_argument("--workers", type=int, default=2, help="Ray: number of model-holding actors")
     parser.add_argument("--cpus-per-worker", type=float, default=1, help="Ray: CPUs reserved per actor")
@@ -139,6 +145,9 @@ def embed_catalog(args) -> dict:
 
     if args.shard_size < 1 or args.batch_size < 1:
         raise ValueError(f"--shard-size and --batch-size must be >= 1, got {args.shard_size}, {args.batch_size}.")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}; leave it out to let torch choose.")
     out = Path(args.out)
     products, rejects = read_catalog(args.input)
     logger.info("read %d products, rejected %d rows (see %s)", len(products), len(rejects), out / "rejects.jsonl")
@@ -146,7 +155,9 @@ def embed_catalog(args) -> dict:
         raise ValueError(f"--input {args.input} has no valid product ({len(rejects)} rejected); see the log above.")
     embedder = None
     if args.engine == "local":
-        embedder = CatalogEmbedder(args.model, args.mode, args.batch_size, args.truncate_dim, args.device)
+        embedder = CatalogEmbedder(
+            args.model, args.mode, args.batch_size, args.truncate_dim, args.device, torch_threads=threads
+        )
         dim = embedder.embedding_dim
     else:
         dim = args.truncate_dim or json.loads((Path(args.model) / "config.json").read_text())["embedding_dim"]

@@ -92,3 +92,19 @@ def test_resume_after_sigkill_gives_identical_output(tiny_checkpoint, tmp_path, 
     for shard in sorted((clean / "shards").iterdir()):
         assert (killed / "shards" / shard.name).read_bytes() == shard.read_bytes(), shard.name
     assert (killed / "rejects.jsonl").read_bytes() == (clean / "rejects.jsonl").read_bytes()
+
+
+def test_threads_flag_sets_torch_threads_and_keeps_the_vectors(tiny_checkpoint, tmp_path):
+    import torch
+
+    path = write_jsonl(tmp_path / "p.jsonl", good_products(tmp_path / "images", n=4))
+    before = torch.get_num_threads()
+    try:
+        main(embed_args(tiny_checkpoint, path, tmp_path / "one", "--skip-index", "--threads", "1"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    main(embed_args(tiny_checkpoint, path, tmp_path / "default", "--skip-index"))
+    np.testing.assert_allclose(shard_vectors(tmp_path / "one")[1], shard_vectors(tmp_path / "default")[1], atol=1e-5)
+    with pytest.raises(ValueError, match="--threads must be >= 1"):
+        main(embed_args(tiny_checkpoint, path, tmp_path / "zero", "--skip-index", "--threads", "0"))

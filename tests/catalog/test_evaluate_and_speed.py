@@ -37,6 +37,33 @@ def test_speed_catalog_index_part_reports_exact_recall_one(tmp_path):
     assert (tmp_path / "speed.json").is_file()
 
 
+def test_speed_catalog_engine_names_are_parsed_or_refused():
+    from benchmarks.speed_catalog import parse_engine
+
+    assert [parse_engine(n) for n in ("local", "local1", "ray2")] == [("local", None), ("local", 1), ("ray", 2)]
+    for bad in ("ray", "ray0", "local-2", "gpu1"):
+        with pytest.raises(ValueError, match="unknown engine"):
+            parse_engine(bad)
+
+
+def test_speed_catalog_repeats_every_local_engine_and_restores_threads(tmp_path, _tiny_checkpoint_session):
+    import torch
+    from catalog_data import good_products, write_jsonl
+
+    from benchmarks.speed_catalog import main
+
+    products = write_jsonl(tmp_path / "p.jsonl", good_products(tmp_path / "images", n=4))
+    threads = torch.get_num_threads()
+    results = main(["--model", str(_tiny_checkpoint_session), "--input", str(products), "--products", "4",
+                    "--engines", "local", "local1", "--repeats", "2", "--sizes"])  # fmt: skip
+    assert torch.get_num_threads() == threads
+    rows = {row["engine"]: row for row in results["embedding"]}
+    assert rows.keys() == {"local", "local1"} and results["index"] == []
+    for row in rows.values():
+        assert len(row["runs_s"]) == 2 and row["seconds"] == pytest.approx(float(np.median(row["runs_s"])))
+        assert row["products_per_s"] == pytest.approx(4 / row["seconds"])
+
+
 def test_evaluate_end_to_end_matches_benchmarks_and_sweeps_the_fusion(tmp_path, _tiny_checkpoint_session, capsys):
     data = tiny_bench_fashion(tmp_path, n=12)
     out = tmp_path / "eval"
