@@ -246,8 +246,8 @@ class SentenceTransformerEncoder(Encoder):
     ):
         from sentence_transformers import SentenceTransformer
 
-        if mode not in (None, "direct", "reason"):
-            raise ValueError(f"mode must be 'direct', 'reason' or None (the model's default), got {mode!r}.")
+        if mode not in (None, *MOON3_MODES):
+            raise ValueError(f"mode must be one of {list(MOON3_MODES)} or None (the model's default), got {mode!r}.")
         self.model = SentenceTransformer(
             model_name_or_path, trust_remote_code=trust_remote_code, device=device, revision=revision
         )
@@ -264,7 +264,7 @@ class SentenceTransformerEncoder(Encoder):
             raise ValueError(
                 f"mode={self.mode!r} needs a model with a reasoning mode (MOON3); {self.name!r} has none."
             )
-        self.encode_kwargs = {"mode": self.mode} if self.moon3_module is not None else {}
+        self.query_kwargs, self.document_kwargs = side_modes(self.mode) if self.moon3_module is not None else ({}, {})
 
     @property
     def cache_key(self) -> str | None:
@@ -295,7 +295,7 @@ class SentenceTransformerEncoder(Encoder):
             return {"text": text, "image": load_plain_image(image)}
         return text if text else load_plain_image(image)
 
-    def _encode(self, method, items, show_progress):
+    def _encode(self, method, items, show_progress, encode_kwargs):
         from tqdm.auto import tqdm
 
         # MOON3 opens images itself batch by batch; other models get PIL images, so load them a chunk at a time.
@@ -313,7 +313,7 @@ class SentenceTransformerEncoder(Encoder):
                         normalize_embeddings=True,
                         convert_to_numpy=True,
                         show_progress_bar=show_progress,
-                        **self.encode_kwargs,
+                        **encode_kwargs,
                     ),
                     dtype=np.float32,
                 ).reshape(len(inputs), -1)
@@ -327,10 +327,28 @@ class SentenceTransformerEncoder(Encoder):
             # embeds products on the document side (its encode_query refuses product records), so both sides of
             # the pair are embedded alike.
             return self.encode_documents(items, show_progress)
-        return self._encode(query_method, items, show_progress)
+        return self._encode(query_method, items, show_progress, self.query_kwargs)
 
     def encode_documents(self, items, show_progress=False):
-        return self._encode(getattr(self.model, "encode_document", None) or self.model.encode, items, show_progress)
+        method = getattr(self.model, "encode_document", None) or self.model.encode
+        return self._encode(method, items, show_progress, self.document_kwargs)
+
+
+# MOON3 modes of an evaluation: every item reasoned (reason), none (direct), or the shopper's queries (text, photo or
+# both) reasoned and every product record embedded directly (query-reason): how stage 2 trains (its candidates are
+# direct-mode embeddings, DESIGN.md) and how a large catalogue is served (products embedded once, the fast way).
+MOON3_MODES = ("direct", "reason", "query-reason")
+
+
+def side_modes(mode: str) -> tuple[dict, dict]:
+    """(query encode kwargs, document encode kwargs) of an evaluation mode.
+
+    >>> side_modes("query-reason")
+    ({'mode': 'reason'}, {'mode': 'direct'})
+    """
+    if mode not in MOON3_MODES:
+        raise ValueError(f"mode must be one of {list(MOON3_MODES)}, got {mode!r}.")
+    return {"mode": "direct" if mode == "direct" else "reason"}, {"mode": "reason" if mode == "reason" else "direct"}
 
 
 def _moon3_module(model):

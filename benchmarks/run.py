@@ -36,8 +36,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mode",
         default=None,
-        choices=["direct", "reason"],
-        help="MOON3 embedding mode: direct (one forward) or reason (generate the reasoning, then embed); "
+        choices=["direct", "reason", "query-reason"],
+        help="MOON3 embedding mode: direct (one forward), reason (generate the reasoning, then embed) or "
+        "query-reason (queries reasoned, product records direct); "
         "default: the checkpoint's default_mode (sentence_bert_config.json), direct for other models; "
         "results.json records the mode used",
     )

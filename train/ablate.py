@@ -256,7 +256,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="sub-folder of each variant for the results, one per data/task/mode choice (default: bench, bench-reason)",
     )
     parser.add_argument(
-        "--mode", default="direct", choices=["direct", "reason"], help="MOON3 embedding mode for the evaluation"
+        "--mode",
+        default="direct",
+        choices=["direct", "reason", "query-reason"],
+        help="MOON3 embedding mode for the evaluation",
     )
     parser.add_argument(
         "--stage1-args",

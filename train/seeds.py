@@ -1,4 +1,4 @@
-"""Train one moon3-mini recipe with several seeds and evaluate every checkpoint in direct and reason mode.
+"""Train one moon3-mini recipe with several seeds and evaluate every checkpoint in direct and reason mode (or query-reason).
 
     python -m train.seeds --out runs/seeds --seeds 0 1 2                    # train + evaluate (resumable)
     python -m train.seeds --out runs/seeds --seeds 0 --dry-run              # print the commands, run nothing
@@ -119,7 +119,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--stage2-args", type=shlex.split, default=[], help="extra stage-2 flags")
     parser.add_argument("--tasks", nargs="*", default=None, help="benchmarks.run --tasks (default: all tasks)")
-    parser.add_argument("--modes", nargs="+", default=["direct", "reason"], choices=["direct", "reason"])
+    parser.add_argument(
+        "--modes", nargs="+", default=["direct", "reason"], choices=["direct", "reason", "query-reason"]
+    )
     add_run_arguments(parser)
     return parser
 

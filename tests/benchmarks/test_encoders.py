@@ -110,7 +110,8 @@ def test_moon3_reason_mode_passes_mode_to_encode_and_keys_the_cache_apart(tiny_f
 
     direct = load_model(str(tiny_checkpoint), trust_remote_code=True, device="cpu", batch_size=4)
     reason = load_model(str(tiny_checkpoint), trust_remote_code=True, device="cpu", batch_size=4, mode="reason")
-    assert reason.encode_kwargs == {"mode": "reason"} and direct.encode_kwargs == {"mode": "direct"}
+    assert reason.query_kwargs == reason.document_kwargs == {"mode": "reason"}
+    assert direct.query_kwargs == direct.document_kwargs == {"mode": "direct"}
     assert (reason.mode, direct.mode) == ("reason", "direct")
     assert reason.cache_key != direct.cache_key
     query = {"text": "men navy blue casual shirts", "image": None}
@@ -118,6 +119,33 @@ def test_moon3_reason_mode_passes_mode_to_encode_and_keys_the_cache_apart(tiny_f
     processor = AutoProcessor.from_pretrained(tiny_checkpoint, trust_remote_code=True)
     own = model.encode([query["text"]], processor, kind="query", mode="reason")
     torch.testing.assert_close(torch.from_numpy(reason.encode_queries([query])), own, atol=1e-5, rtol=0)
+
+
+def test_query_reason_mode_reasons_on_queries_only(tiny_fashion, tiny_checkpoint):
+    """`--mode query-reason`: shopper queries as in reason mode, product records as in direct mode, own cache key."""
+    from benchmarks.encoders import load_model
+
+    data = load_bench_data(tiny_fashion)
+    products = [
+        {"title": p["title"], "attributes": p["attributes"], "images": [data.resolve(p["images"][0])]}
+        for p in data.products[:3]
+    ]
+    query = {"text": "men navy blue casual shirts", "image": None}
+    models = {
+        mode: load_model(str(tiny_checkpoint), trust_remote_code=True, device="cpu", batch_size=4, mode=mode)
+        for mode in ("direct", "reason", "query-reason")
+    }
+    mixed = models["query-reason"]
+    assert len({m.cache_key for m in models.values()}) == 3
+    np.testing.assert_allclose(mixed.encode_queries([query]), models["reason"].encode_queries([query]), atol=1e-5)
+    np.testing.assert_allclose(
+        mixed.encode_documents(products), models["direct"].encode_documents(products), atol=1e-5
+    )
+    # a product record as the query (Abt-Buy) is a catalogue item: direct, like the gallery
+    np.testing.assert_allclose(mixed.encode_queries(products), models["direct"].encode_queries(products), atol=1e-5)
+    assert not np.allclose(models["reason"].encode_documents(products), models["direct"].encode_documents(products))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        load_model(str(tiny_checkpoint), trust_remote_code=True, mode="reasoned")
 
 
 def test_reason_mode_is_refused_for_baselines():
