@@ -157,7 +157,11 @@ def test_reason_default_checkpoint_runs_records_and_caches_as_reason(tiny_checkp
     (folder / "sentence_bert_config.json").write_text(json.dumps({"default_mode": "reason"}))
     default = load_model(str(folder), trust_remote_code=True, device="cpu")
     direct = load_model(str(folder), trust_remote_code=True, device="cpu", mode="direct")
-    assert (default.mode, default.encode_kwargs) == ("reason", {"mode": "reason"})
+    assert (default.mode, default.query_kwargs, default.document_kwargs) == (
+        "reason",
+        {"mode": "reason"},
+        {"mode": "reason"},
+    )
     assert direct.mode == "direct" and direct.cache_key != default.cache_key
 
 
