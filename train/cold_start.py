@@ -75,7 +75,12 @@ def main(argv: list[str] | None = None) -> None:
         args=training_args,
         train_dataset=dataset,
         data_collator=Moon3PairCollator(
-            processor, training_args.embedding_chunk_size, training_args.num_hard_negatives
+            processor,
+            training_args.embedding_chunk_size,
+            training_args.num_hard_negatives,
+            reasoned_queries=training_args.reasoned_contrastive_weight > 0,
+            reasoning_noise=training_args.reasoning_noise,
+            seed=training_args.seed,
         ),
         processing_class=processor,
         loss_fn=loss_fn,

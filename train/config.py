@@ -101,6 +101,10 @@ class Moon3ContrastiveConfig(TrainingArguments):
     > Parameters that control the SFT loss and memory
 
         sft_weight (`float`): weight of the next-token loss on the reasoning targets (0 = no SFT).
+        reasoned_contrastive_weight (`float`): weight of a second InfoNCE term whose queries are embedded after their
+            reasoning target, products in direct mode: it trains reason mode's readout (0 = off).
+        reasoning_noise (`float`): in that term, the chance that each field value of a reasoning target is swapped
+            for another row's value of the same field, as the model's own reasoning is sometimes wrong.
         embedding_chunk_size (`int`): sequences per forward in gradient caching (0 = all at once, no caching).
         stop_on_nonfinite_loss (`bool`): stop with an error naming the step and the term when a loss is NaN/inf.
     """
@@ -117,6 +121,20 @@ class Moon3ContrastiveConfig(TrainingArguments):
     num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per row (0 = none)."})
     sft_weight: float = field(
         default=0.1, metadata={"help": "Weight of the SFT loss on the reasoning targets (0 = contrastive only)."}
+    )
+    reasoned_contrastive_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of a second InfoNCE term: queries embedded after their reasoning target "
+            "(prompt<think>reasoning</think><emb>) against direct-mode products; trains reason mode (0 = off)."
+        },
+    )
+    reasoning_noise: float = field(
+        default=0.0,
+        metadata={
+            "help": "In the reasoned InfoNCE term, the chance that each field value of a reasoning target is swapped "
+            "for the same field's value of another row of the batch (0 = the gold reasoning)."
+        },
     )
     embedding_chunk_size: int = field(
         default=0,
@@ -136,6 +154,10 @@ class Moon3ContrastiveConfig(TrainingArguments):
         super().__post_init__()
         if self.contrastive_temperature <= 0:
             raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}.")
+        if self.reasoned_contrastive_weight < 0:
+            raise ValueError(f"reasoned_contrastive_weight must be >= 0, got {self.reasoned_contrastive_weight}.")
+        if not 0.0 <= self.reasoning_noise <= 1.0:
+            raise ValueError(f"reasoning_noise is a probability in [0, 1], got {self.reasoning_noise}.")
         if self.sft_weight < 0 or self.embedding_chunk_size < 0 or self.num_hard_negatives < 0:
             raise ValueError(
                 f"sft_weight ({self.sft_weight}), embedding_chunk_size ({self.embedding_chunk_size}) and "

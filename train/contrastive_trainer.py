@@ -46,8 +46,24 @@ def split_embeddings(embeddings: torch.Tensor, num_queries: int, doc_keys: torch
     return embeddings[:num_queries], embeddings[num_queries : num_queries + len(doc_keys)]
 
 
+def reasoned_split(embeddings: torch.Tensor, num_queries: int, doc_keys: torch.Tensor, reasoned_rows: torch.Tensor):
+    """The reasoned InfoNCE term's inputs: (reasoned queries Tensor[R, E], documents Tensor[N, E], keys Tensor[N]).
+
+    The R reasoned queries are the last R rows of `embeddings` (`Moon3PairCollator(reasoned_queries=True)`); the
+    documents are reordered so that the positives of those R rows come first, as `Moon3InfoNCELoss` reads them.
+    """
+    num_rows = len(reasoned_rows)
+    documents = embeddings[num_queries : num_queries + len(doc_keys)]
+    reasoned = embeddings[embeddings.shape[0] - num_rows :]
+    rest = torch.ones(len(doc_keys), dtype=torch.bool, device=doc_keys.device)
+    rest[reasoned_rows.to(doc_keys.device)] = False
+    order = torch.cat([reasoned_rows.to(doc_keys.device), rest.nonzero().squeeze(1)])  # (N,)
+    return reasoned, documents[order.to(documents.device)], doc_keys[order]
+
+
 class Moon3ContrastiveTrainer(CheckpointMixin, Trainer):
-    """Trainer for stage 1: `loss = InfoNCE(queries, products) + sft_weight * SFT(reasoning targets)`.
+    """Trainer for stage 1: `loss = InfoNCE(queries, products) + sft_weight * SFT(reasoning targets)`, plus
+    `reasoned_contrastive_weight * InfoNCE(queries after their reasoning, products)` when that weight is > 0.
 
     Args:
         loss_fn (`Moon3InfoNCELoss`): the contrastive loss.
@@ -60,20 +76,40 @@ class Moon3ContrastiveTrainer(CheckpointMixin, Trainer):
         self.loss_fn = loss_fn
         self._moon3_metrics = defaultdict(list)
 
+    def contrastive_loss(self, embeddings, num_queries, doc_keys, reasoned_rows) -> torch.Tensor:
+        """InfoNCE of the direct-mode queries, plus the weighted reasoned term (see `reasoned_split`)."""
+        loss = self.loss_fn(*split_embeddings(embeddings, num_queries, doc_keys), doc_keys=doc_keys)
+        weight = self.args.reasoned_contrastive_weight
+        if weight <= 0:
+            return loss
+        if len(reasoned_rows) == 0:
+            # No reasoning target in this batch on this process: the same collectives as the others, no gradient.
+            return loss + 0.0 * self.loss_fn(*split_embeddings(embeddings, num_queries, doc_keys), doc_keys=doc_keys)
+        queries, documents, keys = reasoned_split(embeddings, num_queries, doc_keys, reasoned_rows)
+        reasoned = self.loss_fn(queries, documents, doc_keys=keys)
+        # `contrastive/loss` is the weighted sum of both terms; these two are its parts
+        self._record("contrastive/direct_loss", loss.item())
+        self._record("contrastive/reasoned_loss", reasoned.item())
+        self._record(
+            "retrieval/reasoned_in_batch_accuracy", in_batch_accuracy(queries.detach(), documents.detach(), keys)
+        )
+        return loss + weight * reasoned
+
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         model.train()
         inputs = self._prepare_inputs(inputs)
         chunks, num_queries, doc_keys = inputs["chunks"], inputs["num_queries"], inputs["doc_keys"]
+        reasoned_rows = inputs.get("reasoned_rows", doc_keys[:0])
         step = self.state.global_step + 1
         scale = 1.0 / self.current_gradient_accumulation_steps
         # Every process runs the same number of chunk forwards and backwards (ZeRO-3 gathers parameters in each, ZeRO-2/3
         # reduce gradients in each): a process with fewer chunks (fewer SFT rows) repeats its last one with weight 0.
         num_chunks = max_across_processes(len(chunks))
         if num_chunks == 1:
-            return self._one_pass_step(model, chunks[0], num_queries, doc_keys, step, scale)
+            return self._one_pass_step(model, chunks[0], num_queries, doc_keys, reasoned_rows, step, scale)
         padding = [chunks[-1]] * (num_chunks - len(chunks))
         cached = self._embed_without_grad(chunks, padding).requires_grad_()  # (B + N, E)
-        contrastive = self.loss_fn(*split_embeddings(cached, num_queries, doc_keys), doc_keys=doc_keys)
+        contrastive = self.contrastive_loss(cached, num_queries, doc_keys, reasoned_rows)
         if self.args.stop_on_nonfinite_loss:
             check_finite(contrastive.detach(), "contrastive (InfoNCE)", step)
         contrastive.backward()
@@ -101,11 +137,11 @@ class Moon3ContrastiveTrainer(CheckpointMixin, Trainer):
         self._record_step(contrastive.item(), sft_total.item(), cached, num_queries, doc_keys)
         return (contrastive.detach() + self.args.sft_weight * sft_total) * scale
 
-    def _one_pass_step(self, model, chunk, num_queries, doc_keys, step, scale) -> torch.Tensor:
+    def _one_pass_step(self, model, chunk, num_queries, doc_keys, reasoned_rows, step, scale) -> torch.Tensor:
         """Without gradient caching (one chunk), one forward with gradient gives the same gradient as the cached path
         and saves its no-gradient pass."""
-        embeddings, sft = self._forward_chunk(model, chunk)  # (B + N, E), scalar
-        contrastive = self.loss_fn(*split_embeddings(embeddings, num_queries, doc_keys), doc_keys=doc_keys)
+        embeddings, sft = self._forward_chunk(model, chunk)  # (B + N + S + R, E), scalar
+        contrastive = self.contrastive_loss(embeddings, num_queries, doc_keys, reasoned_rows)
         if self.args.stop_on_nonfinite_loss:
             check_finite(contrastive.detach(), "contrastive (InfoNCE)", step)
             check_finite(sft.detach(), "SFT (reasoning targets)", step)

@@ -521,19 +521,42 @@ class Moon3PairCollator:
     `positive_reasoning` target (the document-side prompt, so that reason mode also learns to reason about
     products). Products are direct mode in the contrastive loss.
 
-    The contrastive loss embeds queries in direct mode, never after their gold reasoning: the targets are written
+    The main contrastive loss embeds queries in direct mode, never after their gold reasoning: the targets are written
     from the positive's own attributes, so an embedding read after them is trained to copy the answer from the
-    reasoning (in-batch accuracy near 1) and learns nothing that direct-mode queries, or the model's own reasoning,
-    can use. The SFT sequences teach the reasoning; stage 2 trains the embeddings after the model's own reasoning.
+    reasoning and learns nothing that direct-mode queries, or the model's own reasoning, can use. The SFT sequences
+    teach the reasoning; stage 2 trains the embeddings after the model's own reasoning.
 
-    Returns a dict: `chunks` (list of processor outputs, each with `labels`), `num_queries` (B) and `doc_keys`
-    (Tensor[N] int64 product keys, N = B * (1 + num_hard_negatives)).
+    With `reasoned_queries=True` the collator appends R more sequences, one per query with a reasoning target:
+    `prompt<think>reasoning</think><emb>` unlabelled, for a second InfoNCE term that trains reason mode's readout
+    (`Moon3ContrastiveConfig.reasoned_contrastive_weight`). Their reasoning is the target with each field's value
+    swapped, with chance `reasoning_noise`, for the same field's value of another row of the batch
+    (`corrupt_reasoning`), so that the readout learns to use reasoning that is sometimes wrong, as the model's own
+    is, instead of copying the answer. The swaps are drawn from `seed` and the batch's product keys: the same batch
+    gets the same swaps on every run and after a resume.
+
+    Returns a dict: `chunks` (list of processor outputs, each with `labels`), `num_queries` (B), `doc_keys`
+    (Tensor[N] int64 product keys, N = B * (1 + num_hard_negatives)) and `reasoned_rows` (Tensor[R] int64: the row
+    of each reasoned query, in order; empty without `reasoned_queries`). The R reasoned queries are the last R
+    sequences.
     """
 
-    def __init__(self, processor, chunk_size: int = 0, num_hard_negatives: int = 0):
+    def __init__(
+        self,
+        processor,
+        chunk_size: int = 0,
+        num_hard_negatives: int = 0,
+        reasoned_queries: bool = False,
+        reasoning_noise: float = 0.0,
+        seed: int = 0,
+    ):
+        if not 0.0 <= reasoning_noise <= 1.0:
+            raise ValueError(f"reasoning_noise is a probability in [0, 1], got {reasoning_noise}.")
         self.processor = processor
         self.chunk_size = chunk_size
         self.num_hard_negatives = num_hard_negatives
+        self.reasoned_queries = reasoned_queries
+        self.reasoning_noise = reasoning_noise
+        self.seed = seed
         tokenizer = processor.tokenizer
         self.think_token_id = tokenizer.convert_tokens_to_ids(MOON3_TOKENS["think"])
         self.closing_text = MOON3_TOKENS["think_end"] + MOON3_TOKENS["emb"]
@@ -541,32 +564,45 @@ class Moon3PairCollator:
     def __call__(self, rows: list[dict]) -> dict:
         import torch
 
-        sequences = [("query", query_item(row["query"]), None) for row in rows]  # (kind, item, reasoning)
+        # (kind, item, reasoning or None, labelled)
+        sequences = [("query", query_item(row["query"]), None, False) for row in rows]
         documents = [clean_item(row["positive"]) for row in rows]
         for row in rows:
             negatives = [clean_item(n) for n in (row.get("negatives") or [])][: self.num_hard_negatives]
             documents += negatives + [clean_item(row["positive"])] * (self.num_hard_negatives - len(negatives))
-        sequences += [("document", doc, None) for doc in documents]
+        sequences += [("document", doc, None, False) for doc in documents]
+        reasoned_rows = [index for index, row in enumerate(rows) if (row.get("reasoning") or "").strip()]
         sequences += [
-            ("query", query_item(row["query"]), row["reasoning"].strip())
-            for row in rows
-            if row.get("reasoning") and row["reasoning"].strip()
+            ("query", query_item(rows[i]["query"]), rows[i]["reasoning"].strip(), True) for i in reasoned_rows
         ]
         sequences += [
-            ("document", clean_item(row["positive"]), row["positive_reasoning"].strip())
+            ("document", clean_item(row["positive"]), row["positive_reasoning"].strip(), True)
             for row in rows
             if row.get("positive_reasoning") and row["positive_reasoning"].strip()
         ]
+        doc_keys = torch.tensor([product_key(doc) for doc in documents], dtype=torch.long)
+        if not self.reasoned_queries:
+            reasoned_rows = []
+        if reasoned_rows:
+            rng = random.Random(hash_ints([self.seed, *doc_keys[: len(rows)].tolist()]))
+            noisy = corrupt_reasoning([rows[i]["reasoning"].strip() for i in reasoned_rows], self.reasoning_noise, rng)
+            sequences += [
+                ("query", query_item(rows[i]["query"]), text, False) for i, text in zip(reasoned_rows, noisy)
+            ]
         size = self.chunk_size or len(sequences)
         chunks = [self._encode(sequences[start : start + size]) for start in range(0, len(sequences), size)]
-        doc_keys = torch.tensor([product_key(doc) for doc in documents], dtype=torch.long)
-        return {"chunks": chunks, "num_queries": len(rows), "doc_keys": doc_keys}
+        return {
+            "chunks": chunks,
+            "num_queries": len(rows),
+            "doc_keys": doc_keys,
+            "reasoned_rows": torch.tensor(reasoned_rows, dtype=torch.long),
+        }
 
     def _encode(self, sequences):
         import torch
 
         texts, images = [], []
-        for kind, item, reasoning in sequences:
+        for kind, item, reasoning, _ in sequences:
             mode = "reason" if reasoning else "direct"
             (text,), item_images = self.processor.render([item], kind=kind, mode=mode)
             texts.append(text + reasoning + self.closing_text if reasoning else text)
@@ -577,10 +613,60 @@ class Moon3PairCollator:
         input_ids = batch["input_ids"]
         positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)  # (B, L)
         think_at = torch.where(input_ids == self.think_token_id, positions, -1).amax(dim=1, keepdim=True)  # (B, 1)
-        is_reasoned = torch.tensor([reasoning is not None for _, _, reasoning in sequences]).unsqueeze(1)  # (B, 1)
-        labelled = (positions > think_at) & is_reasoned & batch["attention_mask"].bool()
+        is_labelled = torch.tensor([labelled for *_, labelled in sequences]).unsqueeze(1)  # (B, 1)
+        labelled = (positions > think_at) & is_labelled & batch["attention_mask"].bool()
         batch["labels"] = input_ids.masked_fill(~labelled, -100)
         return batch
+
+
+def hash_ints(values: Iterable[int]) -> int:
+    """A 63-bit seed from integers that is the same on every machine and Python version."""
+    digest = hashlib.sha256(",".join(str(int(v)) for v in values).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def corrupt_reasoning(reasonings: list[str], noise: float, rng: random.Random) -> list[str]:
+    """Swap each field value of each reasoning, with chance `noise`, for the same field's value in another one.
+
+    Reasonings are written as `Moon3Processor.format_reasoning` writes them (`name: value; name: value.`). A field
+    that no other reasoning of the list states keeps its value; a drawn value may equal the original (the swap then
+    changes nothing), so the share of changed values is at most `noise`. A reasoning that is not in that form (free
+    text) is returned unchanged.
+
+    Example:
+        >>> corrupt_reasoning(["colour: Red; usage: Casual.", "colour: Blue."], 1.0, random.Random(0))
+        ['colour: Blue; usage: Casual.', 'colour: Red.']
+    """
+    parsed = [_reasoning_fields(text) for text in reasonings]  # [] for free text
+    values_by_name: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for index, fields in enumerate(parsed):
+        for name, value in fields:
+            values_by_name[name].append((index, value))
+    out = []
+    for index, fields in enumerate(parsed):
+        if not fields:
+            out.append(reasonings[index])
+            continue
+        parts = []
+        for name, value in fields:
+            others = [other for owner, other in values_by_name[name] if owner != index]
+            if others and rng.random() < noise:
+                value = rng.choice(others)
+            parts.append(f"{name}: {value}")
+        out.append("; ".join(parts) + ("." if parts else ""))
+    return out
+
+
+def _reasoning_fields(text: str) -> list[tuple[str, str]]:
+    """`name: value; name: value.` -> [(name, value), ...]; [] when the text does not read back exactly."""
+    body = text.strip()
+    body = body[:-1] if body.endswith(".") else body
+    fields = [tuple(part.strip() for part in piece.partition(":")[::2]) for piece in body.split(";")]
+    if not all(name and value for name, value in fields):
+        return []
+    if "; ".join(f"{name}: {value}" for name, value in fields) + "." != text.strip():
+        return []
+    return fields
 
 
 # --------------------------------------------------------------------------- builders

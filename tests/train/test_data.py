@@ -403,3 +403,54 @@ def test_checkpoint_and_tokenizer_builders_refuse_bad_sizes(tmp_path, capsys, mo
         importlib.import_module(f"train.{module}").main([*argv, "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupt_reasoning_swaps_field_values_between_rows_and_keeps_free_text():
+    import random
+
+    from train.data import corrupt_reasoning
+
+    gold = [
+        "audience: Men; colour: Red; usage: Casual.",
+        "audience: Women; colour: Blue; usage: Casual.",
+        "a red shirt",
+    ]
+    assert corrupt_reasoning(gold, 0.0, random.Random(0)) == gold
+    swapped = corrupt_reasoning(gold, 1.0, random.Random(0))
+    assert swapped[0] == "audience: Women; colour: Blue; usage: Casual."  # the only other value of each field
+    assert swapped[1] == "audience: Men; colour: Red; usage: Casual."
+    assert swapped[2] == "a red shirt"  # not `name: value` parts: nothing to swap
+    assert corrupt_reasoning(["colour: Red."], 1.0, random.Random(0)) == ["colour: Red."]  # no other row to draw from
+
+
+def test_reasoned_queries_are_appended_unlabelled_with_noisy_reasoning_drawn_from_seed_and_batch(tiny_model):
+    _, processor = tiny_model
+    rows = synthetic_rows(6)
+    rows[2] = {key: value for key, value in rows[2].items() if key != "reasoning"}  # a row without a target
+
+    def reasoned_texts(batch):
+        chunk = batch["chunks"][0]
+        last = range(chunk["input_ids"].shape[0] - len(batch["reasoned_rows"]), chunk["input_ids"].shape[0])
+        assert all((chunk["labels"][i] == -100).all() for i in last)  # the contrastive term's rows carry no SFT
+        return [processor.tokenizer.decode(chunk["input_ids"][i][chunk["attention_mask"][i].bool()]) for i in last]
+
+    plain = Moon3PairCollator(processor, chunk_size=0)(rows)
+    assert plain["reasoned_rows"].tolist() == []
+    gold = Moon3PairCollator(processor, chunk_size=0, reasoned_queries=True)(rows)
+    assert gold["reasoned_rows"].tolist() == [0, 1, 3, 4, 5]
+    assert gold["chunks"][0]["input_ids"].shape[0] == plain["chunks"][0]["input_ids"].shape[0] + 5
+    texts = reasoned_texts(gold)
+    for row_index, text in zip(gold["reasoned_rows"].tolist(), texts):
+        compact = text.replace(" ", "")
+        assert rows[row_index]["query"]["text"].replace(" ", "") in compact
+        assert compact.endswith((rows[row_index]["reasoning"] + "</think><emb>").replace(" ", ""))
+
+    def noisy(seed):
+        return reasoned_texts(
+            Moon3PairCollator(processor, 0, reasoned_queries=True, reasoning_noise=0.5, seed=seed)(rows)
+        )
+
+    assert noisy(0) == noisy(0)  # the same batch and seed: the same swaps
+    assert noisy(0) != texts and noisy(0) != noisy(1)
+    with pytest.raises(ValueError, match="reasoning_noise"):
+        Moon3PairCollator(processor, 0, reasoned_queries=True, reasoning_noise=1.5)

@@ -71,6 +71,7 @@ def test_tiny_grpo_recipe_runs(config, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_cold_start_recipe_runs_on_two_processes(tmp_path):
+    """Two processes with gradient caching and the reasoned InfoNCE term (documents gathered across processes)."""
     launch(
         "cpu_2proc.yaml",
         "train.cold_start",
@@ -79,8 +80,14 @@ def test_tiny_cold_start_recipe_runs_on_two_processes(tmp_path):
         str(tmp_path),
         "--max_steps",
         "6",
+        "--reasoned_contrastive_weight",
+        "0.5",
+        "--reasoning_noise",
+        "0.3",
     )
     assert final_step(tmp_path) == 6
+    logged = json.loads(sorted(tmp_path.glob("checkpoint-*/trainer_state.json"))[-1].read_text())["log_history"]
+    assert any("contrastive/reasoned_loss" in entry for entry in logged)
 
 
 @pytest.mark.slow

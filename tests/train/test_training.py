@@ -44,7 +44,12 @@ def stage1_trainer(model, processor, rows, tmp_path, **overrides):
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),
-        data_collator=Moon3PairCollator(processor, args.embedding_chunk_size),
+        data_collator=Moon3PairCollator(
+            processor,
+            args.embedding_chunk_size,
+            reasoned_queries=args.reasoned_contrastive_weight > 0,
+            reasoning_noise=args.reasoning_noise,
+        ),
         processing_class=processor,
         loss_fn=Moon3InfoNCELoss(temperature=0.1, matryoshka_dims=[8, 16, 32], gather_across_devices=False),
     )
@@ -75,6 +80,45 @@ def test_grad_cached_gradient_equals_full_batch_gradient(tiny_tokenizer, tmp_pat
     assert grads[0].keys() == grads[3].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[3][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_reasoned_split_pairs_each_reasoned_query_with_its_own_row_positive():
+    from train.contrastive_trainer import reasoned_split
+
+    # 3 direct queries, 4 documents (3 positives + 1 hard negative), 1 SFT row, 2 reasoned queries (rows 2 and 0)
+    embeddings = torch.arange(10, dtype=torch.float).unsqueeze(1)  # (10, 1): row i holds i
+    doc_keys = torch.tensor([10, 11, 12, 13])
+    queries, documents, keys = reasoned_split(embeddings, 3, doc_keys, torch.tensor([2, 0]))
+    assert queries.squeeze(1).tolist() == [8, 9]
+    assert documents.squeeze(1).tolist() == [5, 3, 4, 6]  # row 2's positive, row 0's positive, then the rest
+    assert keys.tolist() == [12, 10, 11, 13]
+
+
+def test_reasoned_term_is_grad_cached_exactly_and_changes_the_gradient(tiny_tokenizer, tmp_path):
+    rows = synthetic_rows(4)
+    grads, logs = {}, {}
+    for weight, chunk_size in ((0.0, 0), (0.5, 0), (0.5, 5)):
+        model, processor = build_tiny(tiny_tokenizer)
+        perturb_zero_init(model)
+        trainer = stage1_trainer(
+            model,
+            processor,
+            rows,
+            tmp_path,
+            embedding_chunk_size=chunk_size,
+            reasoned_contrastive_weight=weight,
+            reasoning_noise=0.3,
+        )
+        trainer.current_gradient_accumulation_steps = 1
+        trainer.training_step(trainer.model, trainer.data_collator(rows))
+        grads[weight, chunk_size] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        logs[weight, chunk_size] = dict(trainer._moon3_metrics)
+    assert "contrastive/reasoned_loss" in logs[0.5, 0] and "contrastive/reasoned_loss" not in logs[0.0, 0]
+    assert logs[0.5, 0]["contrastive/reasoned_loss"] == pytest.approx(logs[0.5, 5]["contrastive/reasoned_loss"])
+    for name in grads[0.5, 0]:
+        torch.testing.assert_close(grads[0.5, 5][name], grads[0.5, 0][name], rtol=1e-4, atol=1e-6, msg=name)
+    head = "head.proj.weight"
+    assert not torch.allclose(grads[0.5, 0][head], grads[0.0, 0][head])
 
 
 @pytest.mark.slow
