@@ -76,24 +76,22 @@ def parse_reasoning(text: str, field_names: dict[str, str] | None = None) -> dic
         >>> parse_reasoning("audience: Men; type: Shirts; colour: Navy Blue.")
         {'gender': 'Men', 'articleType': 'Shirts', 'baseColour': 'Navy Blue'}
     """
+    from train.rewards import parse_stated_fields
+
     by_name = {name: field for field, name in (field_names or reasoning_field_names()).items()}
-    text = text.strip()
-    if text.endswith("."):
-        text = text[:-1]
     stated: dict[str, str] = {}
-    for part in text.split(";"):
-        name, colon, value = part.partition(":")
-        field = by_name.get(name.strip())
-        if colon and field is not None and field not in stated:
-            stated[field] = value.strip()
+    for name, value in parse_stated_fields(text).items():
+        field = by_name.get(name)
+        if field is not None and field not in stated:
+            stated[field] = value
     return stated
 
 
 def same_value(stated: str | None, gold: str) -> bool:
     """Whether a stated value names the gold one (case-insensitive, whitespace collapsed)."""
-    if stated is None:
-        return False
-    return " ".join(stated.split()).casefold() == " ".join(gold.split()).casefold()
+    from train.rewards import same_value as _same_value
+
+    return _same_value(stated, gold)
 
 
 def attribute_hits(stated: dict[str, str], gold: dict[str, str]) -> dict[str, bool]:
@@ -527,7 +525,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reasoning-layout",
         default="scored",
-        choices=("scored", "catalogue"),
+        choices=("scored", "full", "catalogue"),
         help="layout of the gold reasoning the `gold` sensitivity rows and the teacher-forced table use: the one the "
         "model was trained on (train.data build-fashion --reasoning-layout; catalogue for checkpoints before it)",
     )

@@ -180,6 +180,8 @@ class Moon3GRPOConfig(GRPOConfig):
     > Parameters that control the rewards (their weights become TRL's `reward_weights`)
 
         retrieval_reward_weight, format_reward_weight, length_reward_weight (`float`): weights of each reward.
+        attribute_reward_weight (`float`): weight of the attribute reward (the reasoning's fields against the row's
+            `reasoning` target, `train.rewards.make_attribute_reward`); 0 leaves it out.
         target_reasoning_tokens (`int`): reasoning longer than this is penalised by the length reward.
         stop_on_nonfinite_loss (`bool`): stop with an error naming the step and the term when a loss is NaN/inf.
     """
@@ -205,6 +207,13 @@ class Moon3GRPOConfig(GRPOConfig):
     length_reward_weight: float = field(
         default=0.1, metadata={"help": "Weight of the length reward (penalty beyond target_reasoning_tokens)."}
     )
+    attribute_reward_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the attribute reward: share of the row's `reasoning` target fields the completion "
+            "states rightly (0 = off; the dataset needs a `reasoning` column)."
+        },
+    )
     target_reasoning_tokens: int = field(
         default=64, metadata={"help": "Reasoning tokens allowed before the length reward falls below 0."}
     )
@@ -215,7 +224,11 @@ class Moon3GRPOConfig(GRPOConfig):
     def __post_init__(self):
         if self.reward_weights is None:
             self.reward_weights = [self.retrieval_reward_weight, self.format_reward_weight, self.length_reward_weight]
+            if self.attribute_reward_weight > 0:
+                self.reward_weights.append(self.attribute_reward_weight)
         super().__post_init__()
+        if self.attribute_reward_weight < 0:
+            raise ValueError(f"attribute_reward_weight must be >= 0, got {self.attribute_reward_weight}.")
         if self.contrastive_weight < 0:
             raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}.")
         if self.contrastive_temperature <= 0:

@@ -69,15 +69,84 @@ def make_length_reward(think_end_token_id: int, target_tokens: int) -> Callable[
     return length_reward
 
 
+def parse_stated_fields(text: str) -> dict[str, str]:
+    """Field name -> stated value of reasoning written `name: value; name: value.`, the form of the stage-1 targets
+    (`Moon3Processor.format_reasoning`). A part without `:` is ignored; a field stated twice keeps its first value.
+
+    Example:
+        >>> parse_stated_fields("audience: Men; type: Shirts; colour: Navy Blue.")
+        {'audience': 'Men', 'type': 'Shirts', 'colour': 'Navy Blue'}
+    """
+    text = text.strip()
+    if text.endswith("."):
+        text = text[:-1]
+    stated: dict[str, str] = {}
+    for part in text.split(";"):
+        name, colon, value = part.partition(":")
+        name = name.strip()
+        if colon and name and name not in stated:
+            stated[name] = value.strip()
+    return stated
+
+
+def same_value(stated: str | None, gold: str) -> bool:
+    """Whether a stated value names the gold one (case-insensitive, whitespace collapsed)."""
+    if stated is None:
+        return False
+    return " ".join(stated.split()).casefold() == " ".join(gold.split()).casefold()
+
+
+def make_attribute_reward(tokenizer, think_end_token_id: int) -> Callable[..., list[float | None]]:
+    """The share of the row's reasoning target's fields (`name: value`, the dataset's `reasoning` column) that the
+    completion's reasoning states with the same value; a field left out or stated wrongly counts as a miss, extra
+    fields cost nothing. A row without a target gets `None` (TRL leaves it out of this reward's mean).
+
+    The rank reward alone pays for whatever reasoning retrieves well, and run long it trades the stated attributes
+    away (docs/reasoning.md); this reward keeps them right. The reasoning is the completion's text before
+    `</think>` (all of it when it never closes), decoded without special tokens.
+
+    Example (the target states 3 fields, the completion 2 of them rightly):
+        `reasoning="audience: Men; type: Shirts; colour: Navy Blue."`, completion `audience: Men; type: Shirts;
+        colour: Black.</think><emb>` -> 0.667
+    """
+
+    def attribute_reward(completion_ids: Sequence[Sequence[int]], reasoning: Sequence | None = None, **kwargs):
+        if reasoning is None:
+            raise ValueError(
+                "attribute_reward_weight > 0 needs a `reasoning` column (the stage-1 reasoning target) in the "
+                "dataset: build it with `python -m train.data build-fashion`, or set attribute_reward_weight 0."
+            )
+        rewards: list[float | None] = []
+        for ids, target in zip(completion_ids, reasoning, strict=True):
+            wanted = parse_stated_fields(target) if target else {}
+            if not wanted:
+                rewards.append(None)
+                continue
+            ids = list(ids)
+            ids = ids[: ids.index(think_end_token_id)] if think_end_token_id in ids else ids
+            stated = parse_stated_fields(tokenizer.decode(ids, skip_special_tokens=True))
+            hits = sum(same_value(stated.get(name), value) for name, value in wanted.items())
+            rewards.append(hits / len(wanted))
+        return rewards
+
+    return attribute_reward
+
+
 def reasoning_lengths(completion_ids: Sequence[Sequence[int]], think_end_token_id: int) -> list[int]:
     """Reasoning tokens of each completion (before `</think>`, or all of it when it never closes)."""
     return [list(ids).index(think_end_token_id) if think_end_token_id in ids else len(ids) for ids in completion_ids]
 
 
-def moon3_reward_funcs(think_end_token_id: int, emb_token_id: int, target_reasoning_tokens: int) -> list[Callable]:
-    """The three rewards in the order of `Moon3GRPOConfig`'s weights: retrieval, format, length."""
-    return [
+def moon3_reward_funcs(
+    think_end_token_id: int, emb_token_id: int, target_reasoning_tokens: int, attribute_tokenizer=None
+) -> list[Callable]:
+    """The rewards in the order of `Moon3GRPOConfig`'s weights: retrieval, format, length, and the attribute reward
+    when `attribute_tokenizer` is given (`attribute_reward_weight > 0`)."""
+    funcs = [
         retrieval_rank_reward,
         make_format_reward(think_end_token_id, emb_token_id),
         make_length_reward(think_end_token_id, target_reasoning_tokens),
     ]
+    if attribute_tokenizer is not None:
+        funcs.append(make_attribute_reward(attribute_tokenizer, think_end_token_id))
+    return funcs

@@ -186,7 +186,8 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
         train_dataset: rows in MOON3's format with TRL's `prompt` (and `images`) columns (`train.data.to_grpo_dataset`).
         processing_class (`Moon3Processor`): the model's processor.
         loss_fn (`Moon3InfoNCELoss`, *optional*): built from `args` when omitted.
-        reward_funcs (*optional*): defaults to retrieval rank, format and length (`train.rewards.moon3_reward_funcs`).
+        reward_funcs (*optional*): defaults to retrieval rank, format and length, plus the attribute reward when
+            `attribute_reward_weight > 0` (`train.rewards.moon3_reward_funcs`).
 
     Example:
 
@@ -213,8 +214,18 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
         model.generation_config.eos_token_id = config.emb_token_id
         model.generation_config.pad_token_id = config.pad_token_id
         if reward_funcs is None:
+            attribute_tokenizer = None
+            if getattr(args, "attribute_reward_weight", 0.0) > 0:
+                columns = getattr(train_dataset, "column_names", None)
+                if columns is not None and "reasoning" not in columns:
+                    raise ValueError(
+                        "attribute_reward_weight > 0 needs a `reasoning` column (the stage-1 reasoning target) in "
+                        f"the training data; it has {sorted(columns)}. Build the data with `python -m train.data "
+                        "build-fashion` or set attribute_reward_weight 0."
+                    )
+                attribute_tokenizer = getattr(processing_class, "tokenizer", processing_class)
             reward_funcs = moon3_reward_funcs(
-                config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens
+                config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens, attribute_tokenizer
             )
         # KL to a reference (beta > 0): TRL would load its reference by the config's path and give it TRL's fused
         # head, which reads the backbone's output and skips FIRE, fusion and `<emb>`. The reference is built here

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from train.rewards import make_format_reward, make_length_reward, reasoning_lengths, retrieval_rank_reward
+from train.rewards import (
+    make_attribute_reward,
+    make_format_reward,
+    make_length_reward,
+    parse_stated_fields,
+    reasoning_lengths,
+    retrieval_rank_reward,
+)
 
 THINK_END, EMB = 5, 6
 
@@ -50,3 +57,44 @@ def test_length_reward_rejects_zero_target():
 
 def test_reasoning_lengths_count_tokens_before_think_end():
     assert reasoning_lengths([[1, 2, THINK_END, EMB], [1, 2, 3]], THINK_END) == [2, 3]
+
+
+def test_parse_stated_fields_keeps_the_first_statement_and_skips_parts_without_a_colon():
+    assert parse_stated_fields(" audience: Men; junk; colour: Navy  Blue; audience: Women.") == {
+        "audience": "Men",
+        "colour": "Navy  Blue",
+    }
+    assert parse_stated_fields("") == {}
+
+
+def test_attribute_reward_is_the_share_of_target_fields_stated_rightly(tiny_tokenizer):
+    """Hand-built completions on the real tiny tokenizer: one attribute wrong, one missing, casing ignored, text after
+    `</think>` ignored, a row without a target left out (None)."""
+    think_end = tiny_tokenizer.convert_tokens_to_ids("</think>")
+    emb = tiny_tokenizer.convert_tokens_to_ids("<emb>")
+
+    def ids(text: str, close: bool = True) -> list[int]:
+        tail = [think_end, emb] if close else []
+        return tiny_tokenizer(text, add_special_tokens=False)["input_ids"] + tail
+
+    target = "audience: Men; type: Shirts; colour: Navy Blue."
+    reward = make_attribute_reward(tiny_tokenizer, think_end)
+    rewards = reward(
+        completion_ids=[
+            ids("audience: Men; type: Shirts; colour: Navy Blue."),
+            ids("audience: Men; type: Shirts; colour: Red."),  # colour wrong
+            ids("type: shirts; audience: men."),  # colour missing, order and case free
+            ids("audience: Women", close=False),  # never closes: all of it is the reasoning
+            ids("season: Summer."),  # nothing the target states
+            ids("audience: Men."),
+        ],
+        reasoning=[target, target, target, target, target, None],
+    )
+    assert rewards[:5] == pytest.approx([1.0, 2 / 3, 2 / 3, 0.0, 0.0])
+    assert rewards[5] is None
+
+
+def test_attribute_reward_without_a_reasoning_column_names_the_fix(tiny_tokenizer):
+    reward = make_attribute_reward(tiny_tokenizer, tiny_tokenizer.convert_tokens_to_ids("</think>"))
+    with pytest.raises(ValueError, match="needs a `reasoning` column"):
+        reward(completion_ids=[[1, 2]])

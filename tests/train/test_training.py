@@ -235,6 +235,31 @@ def test_stage2_overfitting_raises_retrieval_accuracy_and_logs_each_term(tiny_to
         assert key in logged, key
 
 
+def test_stage2_attribute_reward_is_weighted_and_logged(tiny_tokenizer, tmp_path):
+    rows = synthetic_rows(4)
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = grpo_trainer(
+        model,
+        processor,
+        rows,
+        tmp_path,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        num_generations=2,
+        attribute_reward_weight=0.7,
+    )
+    assert trainer.args.reward_weights == [1.0, 0.5, 0.1, 0.7]
+    trainer.train()
+    assert 0.0 <= trainer.state.log_history[0]["rewards/attribute_reward/mean"] <= 1.0
+
+
+def test_stage2_attribute_reward_without_reasoning_targets_is_refused(tiny_tokenizer, tmp_path):
+    rows = [{key: value for key, value in row.items() if key != "reasoning"} for row in synthetic_rows(4)]
+    model, processor = build_tiny(tiny_tokenizer)
+    with pytest.raises(ValueError, match="needs a `reasoning` column"):
+        grpo_trainer(model, processor, rows, tmp_path, max_steps=1, attribute_reward_weight=0.5)
+
+
 def test_stage2_nonfinite_loss_names_step_and_term(tiny_tokenizer, tmp_path):
     model, processor = build_tiny(tiny_tokenizer)
     trainer = grpo_trainer(
