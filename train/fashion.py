@@ -34,10 +34,14 @@ def fashion_reasoning(attributes: Mapping[str, Any]) -> str:
 # The layouts of a stage-1 reasoning target (`python -m train.data build-fashion --reasoning-layout`):
 # - "scored": the five attributes `benchmarks.reasoning_quality` scores, in one fixed order for every query kind
 #   (an attribute query states the ones it names, in that order), so the next field never depends on the query kind;
+# - "full": "scored" with the two category columns in front of the article type (audience; category;
+#   sub-category; type; colour; usage; season), one fixed order too; the zero-shot classification tasks ask for
+#   those categories, and "scored" never names them;
 # - "catalogue": every column in catalogue order for title and image queries, the query's own order for attribute
 #   queries; the layout the shipped moon3-mini before the reasoning work was trained on (two orders for one slot).
 REASONING_LAYOUTS = {
     "scored": ("gender", "articleType", "baseColour", "usage", "season"),
+    "full": ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "usage", "season"),
     "catalogue": None,
 }
 

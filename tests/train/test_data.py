@@ -454,3 +454,13 @@ def test_reasoned_queries_are_appended_unlabelled_with_noisy_reasoning_drawn_fro
     assert noisy(0) != texts and noisy(0) != noisy(1)
     with pytest.raises(ValueError, match="reasoning_noise"):
         Moon3PairCollator(processor, 0, reasoned_queries=True, reasoning_noise=1.5)
+
+
+def test_full_layout_names_the_categories_in_one_order_for_every_query_kind():
+    product = {"id": "1", "title": "Turtle Men Navy Blue Shirt", "attributes": FULL_ATTRIBUTES}
+    rows = fashion_rows([product], kinds=["title", "image", "attribute"], reasoning_layout="full")
+    order = ["audience", "category", "sub-category", "type", "colour", "usage", "season"]
+    for row in rows:
+        names = [part.split(":")[0].strip() for part in row["reasoning"].rstrip(".").split(";")]
+        assert names == [name for name in order if name in names], row["reasoning"]
+    assert rows[0]["reasoning"].startswith("audience: Men; category: Apparel; sub-category: Topwear; type: Shirts;")
