@@ -176,6 +176,8 @@ class Moon3GRPOConfig(GRPOConfig):
         contrastive_temperature (`float`): InfoNCE temperature (divides the cosine similarities).
         matryoshka_dims (`list[int]`): prefix sizes to train; empty = the model config's.
         gather_across_devices (`bool`): use every process's candidates as negatives.
+        direct_contrastive_weight (`float`): weight of a second InfoNCE term, stage 1's own: each step's distinct
+            queries and their products embedded in direct mode, with gradient on both sides; 0 leaves it out.
 
     > Parameters that control the rewards (their weights become TRL's `reward_weights`)
 
@@ -197,6 +199,13 @@ class Moon3GRPOConfig(GRPOConfig):
     )
     gather_across_devices: bool = field(
         default=True, metadata={"help": "Gather every process's candidates (with gradient) as extra negatives."}
+    )
+    direct_contrastive_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an InfoNCE term on the step's queries and products in direct mode, gradient on both "
+            "sides (stage 1's loss; keeps direct mode trained during GRPO). 0 = off."
+        },
     )
     retrieval_reward_weight: float = field(
         default=1.0, metadata={"help": "Weight of the retrieval-rank reward 1 - log(rank)/log(N)."}
@@ -231,6 +240,8 @@ class Moon3GRPOConfig(GRPOConfig):
             raise ValueError(f"attribute_reward_weight must be >= 0, got {self.attribute_reward_weight}.")
         if self.contrastive_weight < 0:
             raise ValueError(f"contrastive_weight must be >= 0, got {self.contrastive_weight}.")
+        if self.direct_contrastive_weight < 0:
+            raise ValueError(f"direct_contrastive_weight must be >= 0, got {self.direct_contrastive_weight}.")
         if self.contrastive_temperature <= 0:
             raise ValueError(f"contrastive_temperature must be > 0, got {self.contrastive_temperature}.")
         if self.target_reasoning_tokens < 1:

@@ -15,7 +15,9 @@ How this departs from textbook GRPO (DeepSeekMath):
   (ends with `</think><emb>`) and a length penalty, weighted by `--retrieval_reward_weight` etc.
 - The loss adds `contrastive_weight * InfoNCE` on the completions' embeddings to TRL's GRPO loss. Those embeddings
   come from the same forward pass as the token log-probabilities (MOON3 returns both), so the contrastive term costs
-  no extra policy forward; the candidates carry no gradient (they were embedded while scoring).
+  no extra policy forward; the candidates carry no gradient (they were embedded while scoring). With
+  `--direct_contrastive_weight > 0`, stage 1's InfoNCE on the step's queries and products in direct mode (gradient on
+  both sides) is added too.
 - Generation stops at `<emb>` instead of the tokenizer's end-of-sequence token.
 - Everything else (group-normalised advantages, clipping, KL with `--beta`, DeepSpeed) is TRL's, unchanged.
 - Rollouts use transformers' `generate` with MOON3's own forward; vLLM and continuous batching are refused

@@ -5,7 +5,9 @@ Per step, on top of TRL's GRPO:
   against the batch's candidates (positive products and one hard negative per row, gathered across processes),
   which were embedded in direct mode with the current model; the rank goes to `retrieval_rank_reward`;
 - loss: `grpo + contrastive_weight * InfoNCE(completion embeddings, candidates)`, where the completion embeddings come
-  from the very forward pass that gives TRL its token log-probabilities (MOON3 reads `<emb>` in that pass).
+  from the very forward pass that gives TRL its token log-probabilities (MOON3 reads `<emb>` in that pass), plus
+  `direct_contrastive_weight * InfoNCE` of the step's queries and products in direct mode (gradient on both sides)
+  when that weight is > 0.
 
 TRL hooks used (pinned by `trl>=1.16,<1.17`; `tests/train/test_training.py::test_trl_private_hooks_keep_the_signatures_we_rely_on`
 fails if they change): `_calculate_rewards`, `_generate_and_score_completions`, `_generate_single_turn` (all called
@@ -39,7 +41,7 @@ from trl.trainer.utils import RepeatSampler, entropy_from_logits, selective_log_
 
 from train.checkpointing import CheckpointMixin, EpochSeededRepeatSampler
 from train.contrastive_trainer import check_finite
-from train.data import clean_item, product_key
+from train.data import clean_item, product_key, query_item
 from train.distributed import gather_no_grad
 from train.grpo_embedding import GenerationRecorder, completion_embeddings
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
@@ -149,6 +151,24 @@ def tiled_log_probs(
     log_probs, entropy = (torch.cat(values) for values in zip(*tiles, strict=True))  # (B, K - 1) each
     pad = (labels.shape[1] - 1 - width, 0)
     return F.pad(log_probs, pad), F.pad(entropy, pad)
+
+
+def find_unused_from_whole_loss(model, loss: torch.Tensor) -> None:
+    """Under DDP with `find_unused_parameters`, search the unused parameters from the whole `loss`.
+
+    DDP searches them from the outputs of the module's LAST forward. The direct-mode term runs two more forwards after
+    the policy's (queries, then products), and a parameter that only an earlier forward used (the vision tower, for
+    photo queries beside text-only products) would be marked unused, then ready a second time in the backward
+    ("Expected to mark a variable ready only once"). Searching from the loss, which every forward feeds, marks only
+    the truly unused ones. Nothing to do without DDP, without that flag, or when gradients are not synchronised.
+    """
+    if (
+        isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        and model.find_unused_parameters
+        and model.require_backward_grad_sync
+        and torch.is_grad_enabled()
+    ):
+        model.reducer.prepare_for_backward([loss])
 
 
 def check_rollout_engine(args) -> None:
@@ -281,6 +301,7 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
             )
             self.log_multimodal = False
         self._pending_candidates: dict[str, torch.Tensor] = {}
+        self._direct_rows: list[tuple] = []
         self._completion_embeddings: torch.Tensor | None = None
 
     # ----- checkpoints and resuming (train/checkpointing.py)
@@ -338,6 +359,10 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
         doc_keys = torch.cat([inputs["positive_keys"], inputs["negative_keys"]])  # (2B,)
         contrastive = self.loss_fn(completion_embeddings, doc_embeddings, doc_keys=doc_keys)
         loss = grpo_loss + self.args.contrastive_weight * contrastive / self.current_gradient_accumulation_steps
+        if self.args.direct_contrastive_weight > 0:
+            direct = self._direct_contrastive(model, inputs["direct_row"])
+            loss = loss + self.args.direct_contrastive_weight * direct / self.current_gradient_accumulation_steps
+            find_unused_from_whole_loss(model, loss)
         self._check_and_log(
             grpo_loss * self.current_gradient_accumulation_steps,
             contrastive,
@@ -346,6 +371,33 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
             doc_keys,
         )
         return loss
+
+    def _direct_contrastive(self, model, row_indices: torch.Tensor) -> torch.Tensor:
+        """Stage 1's InfoNCE on this step's rows (Tensor[B] of indices into the generation's `_direct_rows`): each
+        query and its positive and first hard negative embedded in direct mode, with gradient on both sides. Each
+        distinct query and product is embedded once; the loss sees B queries and 2B documents on every process."""
+        rows = [self._direct_rows[i] for i in row_indices.tolist()]
+        queries = {index: row[0] for index, row in zip(row_indices.tolist(), rows, strict=True)}  # distinct queries
+        products = {}
+        for _, positive, negative in rows:
+            products.setdefault(product_key(positive), positive)
+            products.setdefault(product_key(negative), negative)
+        device = self.accelerator.device
+        query_batch = self.processing_class(queries=list(queries.values()), mode="direct").to(device)
+        product_batch = self.processing_class(products=list(products.values()), mode="direct").to(device)
+        query_embeddings = model(**query_batch, return_embeddings=True).embeddings  # (Q, E)
+        product_embeddings = model(**product_batch, return_embeddings=True).embeddings  # (P, E)
+        query_column = {index: c for c, index in enumerate(queries)}
+        product_column = {key: c for c, key in enumerate(products)}
+        keys = [product_key(row[1]) for row in rows] + [product_key(row[2]) for row in rows]  # 2B
+        query_rows = torch.tensor([query_column[i] for i in row_indices.tolist()], device=device)
+        doc_rows = torch.tensor([product_column[key] for key in keys], device=device)
+        doc_keys = torch.tensor(keys, dtype=torch.long, device=device)
+        direct = self.loss_fn(query_embeddings[query_rows], product_embeddings[doc_rows], doc_keys=doc_keys)
+        if self.args.stop_on_nonfinite_loss:
+            check_finite(direct.detach(), "direct-mode contrastive (InfoNCE)", self.state.global_step + 1)
+        self._metrics["train" if self.model.training else "eval"]["contrastive/direct_loss"].append(direct.item())
+        return direct
 
     @contextlib.contextmanager
     def _capture_policy_embeddings(self):
@@ -417,6 +469,15 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
         self._metrics["train" if self.model.training else "eval"]["completions/reasoning_length"].append(
             sum(lengths) / max(len(lengths), 1)
         )
+        if self.args.direct_contrastive_weight > 0:
+            # The rows' raw query and products, for the direct-mode term; an index per row follows TRL's shuffle.
+            self._direct_rows = [
+                (query_item(row["query"]), clean_item(row["positive"]), negative)
+                for row, negative in zip(inputs, candidates.pop("negative_products"), strict=True)
+            ]
+            candidates["direct_row"] = torch.arange(len(inputs), device=candidates["positive_keys"].device)
+        else:
+            candidates.pop("negative_products")
         self._pending_candidates = candidates
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         for row in inputs:
@@ -446,6 +507,7 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
             "negative_embeddings": embeddings[rows[half:]],
             "positive_keys": key_tensor[:half],
             "negative_keys": key_tensor[half:],
+            "negative_products": negatives,  # a list (not passed on to TRL): the direct-mode term's documents
         }
 
     def _retrieval_ranks(self, completion_embeddings, candidates) -> tuple[list[int], int]:

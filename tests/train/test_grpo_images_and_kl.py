@@ -215,6 +215,39 @@ def test_stage2_with_image_queries_runs_on_two_processes(tmp_path):
     assert final_step(out) == 4 and (out / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_stage2_direct_term_on_two_processes_with_photo_queries_and_text_products(tmp_path):
+    """DDP searches unused parameters from its last forward (here the text-only products, which skip the vision
+    tower that the photo queries used): without `find_unused_from_whole_loss` the backward fails with "Expected to
+    mark a variable ready only once"."""
+    from tests.train.test_launch import final_step, launch
+
+    rows = image_rows(tmp_path, num_rows=8)
+    for row in rows:
+        row["query"] = {"image": row["positive"].pop("images")[0]}  # photo queries, products without photos
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "run"
+    launch(
+        "cpu_2proc.yaml",
+        "train.grpo_contrastive",
+        "train/recipes/tiny_grpo.yaml",
+        "--synthetic_rows",
+        "0",
+        "--dataset_name",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--direct_contrastive_weight",
+        "1.0",
+    )
+    assert final_step(out) == 2 and (out / "model.safetensors").is_file()
+
+
 # --------------------------------------------------------------------------- KL to a reference model
 
 

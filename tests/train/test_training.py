@@ -260,6 +260,55 @@ def test_stage2_attribute_reward_without_reasoning_targets_is_refused(tiny_token
         grpo_trainer(model, processor, rows, tmp_path, max_steps=1, attribute_reward_weight=0.5)
 
 
+def test_stage2_direct_term_is_stage1_infonce_on_the_steps_rows_and_trains_the_model(tiny_tokenizer, tmp_path):
+    from train.data import clean_item, product_key, query_item
+
+    rows = synthetic_rows(2)  # one step of 2 queries x 2 completions holds both rows, each twice
+    before, after = {}, {}
+    for weight in (0.0, 0.8):
+        model, processor = build_tiny(tiny_tokenizer)
+        perturb_zero_init(model)
+        initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+        trainer = grpo_trainer(
+            model,
+            processor,
+            rows,
+            tmp_path,
+            max_steps=1,
+            per_device_train_batch_size=4,
+            num_generations=2,
+            direct_contrastive_weight=weight,
+        )
+        if weight:  # what the term must equal: InfoNCE of the initial model's direct-mode embeddings
+            with torch.no_grad():
+                queries = model.encode([query_item(r["query"]) for r in rows], processor, kind="query")
+                docs = model.encode([clean_item(r["positive"]) for r in rows], processor, kind="document")
+            twice = torch.tensor([0, 0, 1, 1])
+            keys = torch.tensor([product_key(r["positive"]) for r in rows])[twice]
+            expected = trainer.loss_fn(queries[twice], torch.cat([docs[twice], docs[twice]]), torch.cat([keys, keys]))
+        trainer.train()
+        before[weight], after[weight] = initial, dict(model.named_parameters())
+    logged = trainer.state.log_history[0]
+    assert logged["contrastive/direct_loss"] == pytest.approx(expected.item(), rel=1e-4)
+    changed = [
+        n for n in after[0.8] if not torch.equal(after[0.8][n] - before[0.8][n], after[0.0][n] - before[0.0][n])
+    ]
+    assert any(name.startswith("head.") for name in changed) and any("embed_tokens" in n for n in changed)
+
+
+def test_stage2_direct_term_off_by_default_and_negative_weight_refused(tiny_tokenizer, tmp_path):
+    from train.config import Moon3GRPOConfig
+
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = grpo_trainer(
+        model, processor, synthetic_rows(2), tmp_path, max_steps=1, per_device_train_batch_size=4, num_generations=2
+    )
+    trainer.train()
+    assert "contrastive/direct_loss" not in trainer.state.log_history[0]
+    with pytest.raises(ValueError, match="direct_contrastive_weight must be >= 0"):
+        Moon3GRPOConfig(output_dir=str(tmp_path), use_cpu=True, direct_contrastive_weight=-0.1)
+
+
 def test_stage2_nonfinite_loss_names_step_and_term(tiny_tokenizer, tmp_path):
     model, processor = build_tiny(tiny_tokenizer)
     trainer = grpo_trainer(
