@@ -159,8 +159,9 @@ and on Abt-Buy (electronics, text only; Köpcke, Thor and Rahm 2010): nDCG@10 fo
 ## Limits
 
 - This is a small research checkpoint: it exists to run and measure the MOON3 method end to end. It is well above
-  chance on every retrieval task but below BM25 and all-MiniLM-L6-v2 on the text tasks; do not use it as a
-  production retrieval model.
+  chance on every retrieval task and above BM25 on the fashion attribute queries, but below BM25 on the other text
+  tasks and below all-MiniLM-L6-v2 on every text task, and on several zero-shot label tasks it is at or below
+  chance; do not use it as a production retrieval model.
 - Its tokenizer and training data are an English fashion catalogue: other domains (Abt-Buy electronics) and
   languages are weak.
 - Its generated reasoning is often malformed, and reason mode scores below direct mode on most tasks.
