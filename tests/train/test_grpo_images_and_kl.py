@@ -190,28 +190,24 @@ def test_trl_generate_returns_images_then_tool_images(tiny_tokenizer, tmp_path):
     assert ours[-2][2:] == [[], []] and ours[-2][:2] == images[:2]
 
 
-@pytest.mark.slow
-def test_stage2_with_image_queries_runs_on_two_processes(tmp_path):
-    from tests.train.test_launch import final_step, launch
+def launch_tiny_grpo_on_two_processes(rows, tmp_path, steps: int, extra=()):
+    """The tiny stage-2 recipe on two CPU processes over `rows` (written as JSONL), saving at the last step."""
+    from tests.train.test_launch import launch
 
     data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in image_rows(tmp_path, num_rows=8)))
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     out = tmp_path / "run"
-    launch(
-        "cpu_2proc.yaml",
-        "train.grpo_contrastive",
-        "train/recipes/tiny_grpo.yaml",
-        "--synthetic_rows",
-        "0",
-        "--dataset_name",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "4",
-        "--save_steps",
-        "4",
-    )
+    flags = ["--synthetic_rows", "0", "--dataset_name", str(data), "--output_dir", str(out)]
+    flags += ["--max_steps", str(steps), "--save_steps", str(steps), *extra]
+    launch("cpu_2proc.yaml", "train.grpo_contrastive", "train/recipes/tiny_grpo.yaml", *flags)
+    return out
+
+
+@pytest.mark.slow
+def test_stage2_with_image_queries_runs_on_two_processes(tmp_path):
+    from tests.train.test_launch import final_step
+
+    out = launch_tiny_grpo_on_two_processes(image_rows(tmp_path, num_rows=8), tmp_path, steps=4)
     assert final_step(out) == 4 and (out / "model.safetensors").is_file()
 
 
@@ -220,31 +216,12 @@ def test_stage2_direct_term_on_two_processes_with_photo_queries_and_text_product
     """DDP searches unused parameters from its last forward (here the text-only products, which skip the vision
     tower that the photo queries used): without `find_unused_from_whole_loss` the backward fails with "Expected to
     mark a variable ready only once"."""
-    from tests.train.test_launch import final_step, launch
+    from tests.train.test_launch import final_step
 
     rows = image_rows(tmp_path, num_rows=8)
     for row in rows:
         row["query"] = {"image": row["positive"].pop("images")[0]}  # photo queries, products without photos
-    data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    out = tmp_path / "run"
-    launch(
-        "cpu_2proc.yaml",
-        "train.grpo_contrastive",
-        "train/recipes/tiny_grpo.yaml",
-        "--synthetic_rows",
-        "0",
-        "--dataset_name",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--max_steps",
-        "2",
-        "--save_steps",
-        "2",
-        "--direct_contrastive_weight",
-        "1.0",
-    )
+    out = launch_tiny_grpo_on_two_processes(rows, tmp_path, steps=2, extra=["--direct_contrastive_weight", "1.0"])
     assert final_step(out) == 2 and (out / "model.safetensors").is_file()
 
 

@@ -235,19 +235,16 @@ def test_stage2_overfitting_raises_retrieval_accuracy_and_logs_each_term(tiny_to
         assert key in logged, key
 
 
+def one_step_grpo_trainer(model, processor, rows, tmp_path, **overrides):
+    """One stage-2 step of 2 queries x 2 completions."""
+    settings = dict(max_steps=1, per_device_train_batch_size=4, num_generations=2, **overrides)
+    return grpo_trainer(model, processor, rows, tmp_path, **settings)
+
+
 def test_stage2_attribute_reward_is_weighted_and_logged(tiny_tokenizer, tmp_path):
     rows = synthetic_rows(4)
     model, processor = build_tiny(tiny_tokenizer)
-    trainer = grpo_trainer(
-        model,
-        processor,
-        rows,
-        tmp_path,
-        max_steps=1,
-        per_device_train_batch_size=4,
-        num_generations=2,
-        attribute_reward_weight=0.7,
-    )
+    trainer = one_step_grpo_trainer(model, processor, rows, tmp_path, attribute_reward_weight=0.7)
     assert trainer.args.reward_weights == [1.0, 0.5, 0.1, 0.7]
     trainer.train()
     assert 0.0 <= trainer.state.log_history[0]["rewards/attribute_reward/mean"] <= 1.0
@@ -269,16 +266,7 @@ def test_stage2_direct_term_is_stage1_infonce_on_the_steps_rows_and_trains_the_m
         model, processor = build_tiny(tiny_tokenizer)
         perturb_zero_init(model)
         initial = {name: p.detach().clone() for name, p in model.named_parameters()}
-        trainer = grpo_trainer(
-            model,
-            processor,
-            rows,
-            tmp_path,
-            max_steps=1,
-            per_device_train_batch_size=4,
-            num_generations=2,
-            direct_contrastive_weight=weight,
-        )
+        trainer = one_step_grpo_trainer(model, processor, rows, tmp_path, direct_contrastive_weight=weight)
         if weight:  # what the term must equal: InfoNCE of the initial model's direct-mode embeddings
             with torch.no_grad():
                 queries = model.encode([query_item(r["query"]) for r in rows], processor, kind="query")
