@@ -709,8 +709,22 @@ def _umask() -> int:
     return mask
 
 
-def read_fashion_products(data_dir: Path, split: str | None = "train") -> list[dict]:
-    """Products of the fashion catalogue's fixed `split` (None = all) as MOON3 product records."""
+# How `read_fashion_products` writes a product's attributes (`build-fashion --product-record`):
+# - "catalogue": all seven catalogue columns in FASHION_ATTRIBUTES order (gender, masterCategory, subCategory,
+#   articleType, baseColour, season, usage); the record every checkpoint before 2026-12-03 was trained on;
+# - "benchmark": the record the benchmarks and `catalog.embed` give the model, built by the same code
+#   (`benchmarks.convert_fashion.make_product`, stored with sorted keys, then `benchmarks.data_format.product_view`):
+#   articleType, baseColour, gender, season, usage in that order, the category path not shown. A model trained on
+#   "catalogue" records sees a different attribute list at test time and copies the wrong slot (docs/reasoning.md).
+PRODUCT_RECORDS = ("catalogue", "benchmark")
+
+
+def read_fashion_products(
+    data_dir: Path, split: str | None = "train", product_record: str = "catalogue"
+) -> list[dict]:
+    """Products of the fashion catalogue's fixed `split` (None = all) as MOON3 product records (`PRODUCT_RECORDS`)."""
+    if product_record not in PRODUCT_RECORDS:
+        raise ValueError(f"product_record must be one of {list(PRODUCT_RECORDS)}, got {product_record!r}.")
     data_dir = Path(data_dir)
     path = data_dir / "products.csv"
     if not path.is_file():
@@ -720,12 +734,32 @@ def read_fashion_products(data_dir: Path, split: str | None = "train") -> list[d
         for record in csv.DictReader(handle):
             if split is not None and record["split"] != split:
                 continue
+            if product_record == "benchmark":
+                products.append(_benchmark_product(record, data_dir))
+                continue
             attributes = {key: record[key].strip() for key in FASHION_ATTRIBUTES if record.get(key, "").strip()}
             product = {"id": record["id"], "title": record["productDisplayName"].strip(), "attributes": attributes}
             if record.get("image"):
                 product["images"] = [str((data_dir / record["image"]).resolve())]
             products.append(product)
     return products
+
+
+def _benchmark_product(record: dict, data_dir: Path) -> dict:
+    """One catalogue row as the benchmarks' product view gives it to the model (the "benchmark" record)."""
+    from benchmarks.convert_fashion import make_product
+    from benchmarks.data_format import product_view
+
+    stored = json.loads(
+        json.dumps(make_product(record, record.get("image") or ""), sort_keys=True)
+    )  # as in products.jsonl
+    if not record.get("image"):
+        stored["images"] = []
+    view = product_view(stored, "product", data_dir)
+    product = {"id": view["id"], "title": view["title"], "attributes": view["attributes"]}
+    if view["images"]:
+        product["images"] = view["images"]
+    return product
 
 
 FASHION_QUERY_KINDS = ("title", "image", "image+title", "attribute")
@@ -908,6 +942,14 @@ def make_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write each positive's own reasoning target (positive_reasoning), for document-side SFT",
     )
+    fashion.add_argument(
+        "--product-record",
+        default="catalogue",
+        choices=list(PRODUCT_RECORDS),
+        help="how a product's attributes are written (train/data.py PRODUCT_RECORDS): catalogue = the seven columns "
+        "in catalogue order (the shipped checkpoint's data); benchmark = exactly the record benchmarks.run and "
+        "catalog.embed give the model",
+    )
     fashion.add_argument("--max-per-attribute-query", type=at_least(1), default=3, help="products per attribute query")
     fashion.add_argument("--hard-negatives", type=at_least(0), default=0, help="hard negatives per row (0 = none)")
     fashion.add_argument("--limit", type=at_least(0), default=0, help="use only the first N products (0 = all)")
@@ -959,7 +1001,7 @@ def main(argv: list[str] | None = None) -> None:
             _validate_command(args)
             return
         if args.command == "build-fashion":
-            products = read_fashion_products(args.data, args.split)
+            products = read_fashion_products(args.data, args.split, args.product_record)
             products = products[: args.limit] if args.limit else products
             rows = fashion_rows(
                 products,

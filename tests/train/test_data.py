@@ -464,3 +464,40 @@ def test_full_layout_names_the_categories_in_one_order_for_every_query_kind():
         names = [part.split(":")[0].strip() for part in row["reasoning"].rstrip(".").split(";")]
         assert names == [name for name in order if name in names], row["reasoning"]
     assert rows[0]["reasoning"].startswith("audience: Men; category: Apparel; sub-category: Topwear; type: Shirts;")
+
+
+def _write_products_csv(rows: list[dict], folder) -> None:
+    import csv
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "products.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_benchmark_product_records_render_as_the_benchmark_gives_them(tmp_path):
+    """`--product-record benchmark` trains on exactly the text `benchmarks.run` embeds; "catalogue" does not."""
+    from benchmarks.convert_fashion import convert
+    from benchmarks.data_format import load_bench_data, product_view
+    from tests.benchmarks.conftest import fashion_rows as catalogue_rows
+    from train.data import default_processor, read_fashion_products
+
+    rows = catalogue_rows(tmp_path / "images", n=9)
+    _write_products_csv(rows, tmp_path / "catalogue")
+    bench = load_bench_data(convert(rows, tmp_path / "bench"))
+    processor = default_processor()
+    served = {p["id"]: processor.format_product_text(product_view(p, "product", bench.root)) for p in bench.products}
+
+    trained = read_fashion_products(tmp_path / "catalogue", "test", product_record="benchmark")
+    assert {p["id"]: processor.format_product_text(p) for p in trained} == served
+    assert all(p["images"] and p["images"][0].endswith(".jpg") for p in trained)
+    old = read_fashion_products(tmp_path / "catalogue", "test", product_record="catalogue")
+    assert all(processor.format_product_text(p) != served[p["id"]] for p in old)
+
+
+def test_unknown_product_record_is_refused(tmp_path):
+    from train.data import read_fashion_products
+
+    with pytest.raises(ValueError, match="product_record must be one of"):
+        read_fashion_products(tmp_path, "train", product_record="sorted")
