@@ -712,9 +712,9 @@ def _umask() -> int:
 # How `read_fashion_products` writes a product's attributes (`build-fashion --product-record`):
 # - "catalogue": all seven catalogue columns in FASHION_ATTRIBUTES order (gender, masterCategory, subCategory,
 #   articleType, baseColour, season, usage); the record every checkpoint before 2026-12-03 was trained on;
-# - "benchmark": the record the benchmarks and `catalog.embed` give the model, built by the same code
-#   (`benchmarks.convert_fashion.make_product`, stored with sorted keys, then `benchmarks.data_format.product_view`):
-#   articleType, baseColour, gender, season, usage in that order, the category path not shown. A model trained on
+# - "benchmark": the record the benchmarks and `catalog.embed` give the model (`benchmarks.convert_fashion.make_product`,
+#   stored with sorted keys, then `benchmarks.data_format.product_view`): articleType, baseColour, gender, season,
+#   usage in that order, the category path not shown. A model trained on
 #   "catalogue" records sees a different attribute list at test time and copies the wrong slot (docs/reasoning.md).
 PRODUCT_RECORDS = ("catalogue", "benchmark")
 
@@ -745,20 +745,27 @@ def read_fashion_products(
     return products
 
 
+# The attributes of a benchmark product record (`benchmarks.convert_fashion.make_product`), in the order its
+# products.jsonl stores them (sorted keys); `train` does not import `benchmarks`, and
+# tests/train/test_data.py checks that the two give the same rendered text.
+BENCHMARK_PRODUCT_ATTRIBUTES = ("articleType", "baseColour", "gender", "season", "usage")
+
+
+def _catalogue_value(value) -> str:
+    text = "" if value is None else str(value).strip()
+    return "" if text.lower() in ("", "nan", "none") else text
+
+
 def _benchmark_product(record: dict, data_dir: Path) -> dict:
     """One catalogue row as the benchmarks' product view gives it to the model (the "benchmark" record)."""
-    from benchmarks.convert_fashion import make_product
-    from benchmarks.data_format import product_view
-
-    stored = json.loads(
-        json.dumps(make_product(record, record.get("image") or ""), sort_keys=True)
-    )  # as in products.jsonl
-    if not record.get("image"):
-        stored["images"] = []
-    view = product_view(stored, "product", data_dir)
-    product = {"id": view["id"], "title": view["title"], "attributes": view["attributes"]}
-    if view["images"]:
-        product["images"] = view["images"]
+    values = {key: _catalogue_value(record.get(key)) for key in BENCHMARK_PRODUCT_ATTRIBUTES}
+    product = {
+        "id": str(record["id"]),
+        "title": _catalogue_value(record.get("productDisplayName")),
+        "attributes": {key: value for key, value in values.items() if value},
+    }
+    if record.get("image"):
+        product["images"] = [str((data_dir / record["image"]).resolve())]
     return product
 
 
