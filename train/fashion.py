@@ -37,10 +37,16 @@ def fashion_reasoning(attributes: Mapping[str, Any]) -> str:
 # - "full": "scored" with the two category columns in front of the article type (audience; category;
 #   sub-category; type; colour; usage; season), one fixed order too; the zero-shot classification tasks ask for
 #   those categories, and "scored" never names them;
+# - "base-rate-first": the five "scored" fields ordered by their majority rate, highest first (usage 0.78, season
+#   0.64, audience 0.62, colour 0.22, type 0.17 on the train split of products.csv). Greedy decoding states each field
+#   after the values the model already wrote; with "scored", usage came after a photo's article type, which is wrong
+#   70 % of the time and fixes the usage in training (Sports Shoes -> Sports, Kurtas -> Ethnic), so a wrong type
+#   dragged the photo usage below the always-Casual rate. Stated first, usage and season are read from the input alone;
 # - "catalogue": every column in catalogue order for title and image queries, the query's own order for attribute
 #   queries; the layout the shipped moon3-mini before the reasoning work was trained on (two orders for one slot).
 REASONING_LAYOUTS = {
     "scored": ("gender", "articleType", "baseColour", "usage", "season"),
+    "base-rate-first": ("usage", "season", "gender", "baseColour", "articleType"),
     "full": ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "usage", "season"),
     "catalogue": None,
 }

@@ -466,6 +466,22 @@ def test_full_layout_names_the_categories_in_one_order_for_every_query_kind():
     assert rows[0]["reasoning"].startswith("audience: Men; category: Apparel; sub-category: Topwear; type: Shirts;")
 
 
+def test_base_rate_first_layout_states_usage_and_season_before_the_type():
+    """Same fields and values as "scored", usage and season first: greedy decoding then states them before a (possibly
+    wrong) article type it would otherwise copy them from; the benchmark's parser reads both layouts alike."""
+    from benchmarks.reasoning_quality import parse_reasoning
+
+    product = {"id": "1", "title": "Turtle Men Navy Blue Shirt", "attributes": FULL_ATTRIBUTES, "images": ["/x.jpg"]}
+    kinds = ["title", "image", "image+title", "attribute"]
+    rows = fashion_rows([product], kinds=kinds, reasoning_layout="base-rate-first")
+    scored = fashion_rows([product], kinds=kinds)
+    assert rows[0]["reasoning"] == "usage: Casual; season: Fall; audience: Men; colour: Navy Blue; type: Shirts."
+    assert rows[3]["reasoning"] == "usage: Casual; audience: Men; colour: Navy Blue; type: Shirts."
+    for row, other in zip(rows, scored):
+        assert row["reasoning"] != other["reasoning"]
+        assert parse_reasoning(row["reasoning"]) == parse_reasoning(other["reasoning"])
+
+
 def _write_products_csv(rows: list[dict], folder) -> None:
     import csv
 
