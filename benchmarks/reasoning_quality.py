@@ -525,7 +525,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reasoning-layout",
         default="scored",
-        choices=("scored", "base-rate-first", "full", "catalogue"),
+        choices=("scored", "base-rate-first", "usage-first", "full", "catalogue"),
         help="layout of the gold reasoning the `gold` sensitivity rows and the teacher-forced table use: the one the "
         "model was trained on (train.data build-fashion --reasoning-layout; catalogue for checkpoints before it)",
     )

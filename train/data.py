@@ -943,7 +943,7 @@ def make_parser() -> argparse.ArgumentParser:
         choices=sorted(REASONING_LAYOUTS),
         help="reasoning target layout (train/fashion.py): scored = gender, type, colour, usage, season in one order "
         "for every query kind; base-rate-first = the same five, highest majority rate first (usage, season, "
-        "audience, colour, type); catalogue = every column, the layout the pre-reasoning-work checkpoint was trained on",
+        "audience, colour, type); usage-first = scored with usage moved to the front; catalogue = every column, the layout the pre-reasoning-work checkpoint was trained on",
     )
     fashion.add_argument(
         "--product-reasoning",

@@ -42,11 +42,14 @@ def fashion_reasoning(attributes: Mapping[str, Any]) -> str:
 #   after the values the model already wrote; with "scored", usage came after a photo's article type, which is wrong
 #   70 % of the time and fixes the usage in training (Sports Shoes -> Sports, Kurtas -> Ethnic), so a wrong type
 #   dragged the photo usage below the always-Casual rate. Stated first, usage and season are read from the input alone;
+# - "usage-first": "scored" with the usage moved to the front; the season stays last, after the type and colour it
+#   can be told from (stated second, in "base-rate-first", a photo's season became a constant `Fall`);
 # - "catalogue": every column in catalogue order for title and image queries, the query's own order for attribute
 #   queries; the layout the shipped moon3-mini before the reasoning work was trained on (two orders for one slot).
 REASONING_LAYOUTS = {
     "scored": ("gender", "articleType", "baseColour", "usage", "season"),
     "base-rate-first": ("usage", "season", "gender", "baseColour", "articleType"),
+    "usage-first": ("usage", "gender", "articleType", "baseColour", "season"),
     "full": ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "usage", "season"),
     "catalogue": None,
 }

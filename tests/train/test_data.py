@@ -466,7 +466,7 @@ def test_full_layout_names_the_categories_in_one_order_for_every_query_kind():
     assert rows[0]["reasoning"].startswith("audience: Men; category: Apparel; sub-category: Topwear; type: Shirts;")
 
 
-def test_base_rate_first_layout_states_usage_and_season_before_the_type():
+def test_usage_early_layouts_state_usage_before_the_type():
     """Same fields and values as "scored", usage and season first: greedy decoding then states them before a (possibly
     wrong) article type it would otherwise copy them from; the benchmark's parser reads both layouts alike."""
     from benchmarks.reasoning_quality import parse_reasoning
@@ -480,6 +480,8 @@ def test_base_rate_first_layout_states_usage_and_season_before_the_type():
     for row, other in zip(rows, scored):
         assert row["reasoning"] != other["reasoning"]
         assert parse_reasoning(row["reasoning"]) == parse_reasoning(other["reasoning"])
+    usage_first = fashion_rows([product], kinds=["title"], reasoning_layout="usage-first")[0]["reasoning"]
+    assert usage_first == "usage: Casual; audience: Men; type: Shirts; colour: Navy Blue; season: Fall."
 
 
 def _write_products_csv(rows: list[dict], folder) -> None:
