@@ -232,7 +232,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--model", action="append", default=[], help="a MOON3 checkpoint whose photo vectors to probe (repeatable)"
     )
     parser.add_argument(
-        "--pixel-size", type=int, nargs=2, default=(30, 40), metavar=("W", "H"), help="photo size for `pixels`"
+        "--pixel-size", type=int, nargs=2, default=(16, 16), metavar=("W", "H"), help="photo size for `pixels`"
     )
     parser.add_argument("--no-pixels", action="store_true", help="skip the `pixels` probe")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N products of each split (0 = all)")
