@@ -184,6 +184,8 @@ class Moon3GRPOConfig(GRPOConfig):
         retrieval_reward_weight, format_reward_weight, length_reward_weight (`float`): weights of each reward.
         attribute_reward_weight (`float`): weight of the attribute reward (the reasoning's fields against the row's
             `reasoning` target, `train.rewards.make_attribute_reward`); 0 leaves it out.
+        attribute_reward_photo_queries (`bool`): give the attribute reward on photo-only queries too; false leaves
+            them out of it (they keep the other rewards and the contrastive terms).
         target_reasoning_tokens (`int`): reasoning longer than this is penalised by the length reward.
         stop_on_nonfinite_loss (`bool`): stop with an error naming the step and the term when a loss is NaN/inf.
     """
@@ -221,6 +223,13 @@ class Moon3GRPOConfig(GRPOConfig):
         metadata={
             "help": "Weight of the attribute reward: share of the row's `reasoning` target fields the completion "
             "states rightly (0 = off; the dataset needs a `reasoning` column)."
+        },
+    )
+    attribute_reward_photo_queries: bool = field(
+        default=True,
+        metadata={
+            "help": "Give the attribute reward on photo-only queries too. false leaves them out of it: on photos the "
+            "model cannot read, it pays most for each field's majority value (docs/reasoning.md)."
         },
     )
     target_reasoning_tokens: int = field(

@@ -8,7 +8,7 @@ their inputs and can be tested on hand-built cases. Weights come from `Moon3GRPO
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 
 def retrieval_rank_reward(
@@ -96,10 +96,29 @@ def same_value(stated: str | None, gold: str) -> bool:
     return " ".join(stated.split()).casefold() == " ".join(gold.split()).casefold()
 
 
-def make_attribute_reward(tokenizer, think_end_token_id: int) -> Callable[..., list[float | None]]:
+def query_has_text(query) -> bool:
+    """Whether a training row's `query` holds text (a string, or a dict with a non-empty `text`); False for a
+    photo-only query.
+
+    Example:
+        >>> query_has_text({"image": "a.jpg"}), query_has_text({"text": "red shirt", "image": "a.jpg"})
+        (False, True)
+    """
+    if isinstance(query, str):
+        return bool(query.strip())
+    if isinstance(query, Mapping):
+        return bool(str(query.get("text") or "").strip())
+    return False
+
+
+def make_attribute_reward(
+    tokenizer, think_end_token_id: int, photo_queries: bool = True
+) -> Callable[..., list[float | None]]:
     """The share of the row's reasoning target's fields (`name: value`, the dataset's `reasoning` column) that the
     completion's reasoning states with the same value; a field left out or stated wrongly counts as a miss, extra
-    fields cost nothing. A row without a target gets `None` (TRL leaves it out of this reward's mean).
+    fields cost nothing. A row without a target gets `None` (TRL leaves it out of this reward's mean), and so does a
+    photo-only query when `photo_queries` is False: where the photo features cannot tell a value, this reward pays
+    most for the majority answer, and GRPO turns every photo's reasoning into it (docs/reasoning.md).
 
     The rank reward alone pays for whatever reasoning retrieves well, and run long it trades the stated attributes
     away (docs/reasoning.md); this reward keeps them right. The reasoning is the completion's text before
@@ -110,16 +129,27 @@ def make_attribute_reward(tokenizer, think_end_token_id: int) -> Callable[..., l
         colour: Black.</think><emb>` -> 0.667
     """
 
-    def attribute_reward(completion_ids: Sequence[Sequence[int]], reasoning: Sequence | None = None, **kwargs):
+    def attribute_reward(
+        completion_ids: Sequence[Sequence[int]],
+        reasoning: Sequence | None = None,
+        query: Sequence | None = None,
+        **kwargs,
+    ):
         if reasoning is None:
             raise ValueError(
                 "attribute_reward_weight > 0 needs a `reasoning` column (the stage-1 reasoning target) in the "
                 "dataset: build it with `python -m train.data build-fashion`, or set attribute_reward_weight 0."
             )
+        if not photo_queries and query is None:
+            raise ValueError(
+                "attribute_reward_photo_queries false needs the rows' `query` column to tell photo-only queries "
+                "apart; pass the dataset's `query` column, or set attribute_reward_photo_queries true."
+            )
+        scored = [True] * len(reasoning) if photo_queries else [query_has_text(q) for q in query]
         rewards: list[float | None] = []
-        for ids, target in zip(completion_ids, reasoning, strict=True):
+        for ids, target, score in zip(completion_ids, reasoning, scored, strict=True):
             wanted = parse_stated_fields(target) if target else {}
-            if not wanted:
+            if not wanted or not score:
                 rewards.append(None)
                 continue
             ids = list(ids)
@@ -138,15 +168,20 @@ def reasoning_lengths(completion_ids: Sequence[Sequence[int]], think_end_token_i
 
 
 def moon3_reward_funcs(
-    think_end_token_id: int, emb_token_id: int, target_reasoning_tokens: int, attribute_tokenizer=None
+    think_end_token_id: int,
+    emb_token_id: int,
+    target_reasoning_tokens: int,
+    attribute_tokenizer=None,
+    attribute_photo_queries: bool = True,
 ) -> list[Callable]:
     """The rewards in the order of `Moon3GRPOConfig`'s weights: retrieval, format, length, and the attribute reward
-    when `attribute_tokenizer` is given (`attribute_reward_weight > 0`)."""
+    when `attribute_tokenizer` is given (`attribute_reward_weight > 0`; `attribute_photo_queries` as in
+    `make_attribute_reward`)."""
     funcs = [
         retrieval_rank_reward,
         make_format_reward(think_end_token_id, emb_token_id),
         make_length_reward(think_end_token_id, target_reasoning_tokens),
     ]
     if attribute_tokenizer is not None:
-        funcs.append(make_attribute_reward(attribute_tokenizer, think_end_token_id))
+        funcs.append(make_attribute_reward(attribute_tokenizer, think_end_token_id, attribute_photo_queries))
     return funcs

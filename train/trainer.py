@@ -245,7 +245,11 @@ class Moon3GRPOTrainer(CheckpointMixin, GRPOTrainer):
                     )
                 attribute_tokenizer = getattr(processing_class, "tokenizer", processing_class)
             reward_funcs = moon3_reward_funcs(
-                config.think_end_token_id, config.emb_token_id, args.target_reasoning_tokens, attribute_tokenizer
+                config.think_end_token_id,
+                config.emb_token_id,
+                args.target_reasoning_tokens,
+                attribute_tokenizer,
+                getattr(args, "attribute_reward_photo_queries", True),
             )
         # KL to a reference (beta > 0): TRL would load its reference by the config's path and give it TRL's fused
         # head, which reads the backbone's output and skips FIRE, fusion and `<emb>`. The reference is built here

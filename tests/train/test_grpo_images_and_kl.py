@@ -4,6 +4,7 @@ reference model (beta > 0), and policy log-probabilities computed in tiles inste
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -155,6 +156,29 @@ def test_stage2_scores_a_text_only_batch_from_a_dataset_with_images(tiny_tokeniz
         output = trainer._generate_and_score_completions(inputs)
         assert output["completion_ids"].shape[0] == len(inputs)
         assert ("pixel_values" in output) == (picked == [0, 2])
+
+
+@pytest.mark.parametrize("photo_queries", [True, False])
+def test_stage2_attribute_reward_leaves_photo_only_queries_out_when_asked(tiny_tokenizer, tmp_path, photo_queries):
+    """`attribute_reward_photo_queries false`: photo-only queries get no attribute reward (NaN in TRL's log), photo+text
+    and text queries keep it; by default every query gets it."""
+    model, processor = build_tiny(tiny_tokenizer)
+    trainer = grpo_trainer(
+        model,
+        processor,
+        image_rows(tmp_path),
+        tmp_path,
+        attribute_reward_weight=1.0,
+        attribute_reward_photo_queries=photo_queries,
+    )
+    dataset = trainer.train_dataset
+    inputs = [dataset[i] for i in (0, 1, 2) for _ in range(trainer.num_generations)]  # photo, photo+text, text
+    trainer._generate_and_score_completions(inputs)
+    logged = trainer._logs["rewards"]["attribute_reward"]
+    scored = [not math.isnan(value) for value in logged]
+    photo_only = [True] * 2 + [False] * 4
+    assert scored == [photo_queries or not is_photo for is_photo in photo_only]
+    assert all(not math.isnan(value) for value in trainer._logs["rewards"]["format_reward"])
 
 
 def test_trl_generate_returns_images_then_tool_images(tiny_tokenizer, tmp_path):

@@ -11,6 +11,7 @@ from train.rewards import (
     make_format_reward,
     make_length_reward,
     parse_stated_fields,
+    query_has_text,
     reasoning_lengths,
     retrieval_rank_reward,
 )
@@ -98,3 +99,27 @@ def test_attribute_reward_without_a_reasoning_column_names_the_fix(tiny_tokenize
     reward = make_attribute_reward(tiny_tokenizer, tiny_tokenizer.convert_tokens_to_ids("</think>"))
     with pytest.raises(ValueError, match="needs a `reasoning` column"):
         reward(completion_ids=[[1, 2]])
+
+
+def test_attribute_reward_leaves_photo_only_queries_out_only_when_asked(tiny_tokenizer):
+    think_end = tiny_tokenizer.convert_tokens_to_ids("</think>")
+    completion = tiny_tokenizer("audience: Men.", add_special_tokens=False)["input_ids"] + [think_end]
+    queries = [{"image": "a.jpg"}, {"text": "men shirt", "image": "a.jpg"}, {"text": "men shirt"}, "men shirt"]
+    targets = ["audience: Men."] * 4
+    every = make_attribute_reward(tiny_tokenizer, think_end)
+    assert every(completion_ids=[completion] * 4, reasoning=targets, query=queries) == [1.0] * 4
+    text_only = make_attribute_reward(tiny_tokenizer, think_end, photo_queries=False)
+    assert text_only(completion_ids=[completion] * 4, reasoning=targets, query=queries) == [None, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="needs the rows' `query` column"):
+        text_only(completion_ids=[completion], reasoning=targets[:1])
+
+
+def test_query_has_text():
+    assert [query_has_text(q) for q in ("x", " ", {"text": ""}, {"text": None, "image": "a"}, {"text": "x"}, None)] == [
+        True,
+        False,
+        False,
+        False,
+        True,
+        False,
+    ]
