@@ -57,8 +57,9 @@ def main(argv: list[str] | None = None) -> None:
 
     die_with_parent()  # `kill -9` of `accelerate launch` stops this process too
     from train.contrastive_trainer import Moon3ContrastiveTrainer
-    from train.data import Moon3PairCollator, records_to_dataset
+    from train.data import Moon3PairCollator, attribute_classes, records_to_dataset
     from train.losses import Moon3InfoNCELoss
+    from train.photo_attributes import PhotoAttributeHead
     from train.stage_setup import build_model, check_rows, load_rows, save_loadable
 
     records, rejects = load_rows(script_args)
@@ -70,6 +71,11 @@ def main(argv: list[str] | None = None) -> None:
         gather_across_devices=training_args.gather_across_devices,
     )
     logger.info("contrastive loss: %s", loss_fn.get_config_dict())
+    classes = attribute_head = None
+    if training_args.photo_attribute_weight > 0:
+        classes = attribute_classes((record.row for record in records), training_args.photo_attribute_fields)
+        attribute_head = PhotoAttributeHead(model.config.vlm_config.text_config.hidden_size, classes)
+        logger.info("photo attribute head: %s", {name: len(values) for name, values in classes.items()})
     trainer = Moon3ContrastiveTrainer(
         model=model,
         args=training_args,
@@ -81,9 +87,11 @@ def main(argv: list[str] | None = None) -> None:
             reasoned_queries=training_args.reasoned_contrastive_weight > 0,
             reasoning_noise=training_args.reasoning_noise,
             seed=training_args.seed,
+            attribute_classes=classes,
         ),
         processing_class=processor,
         loss_fn=loss_fn,
+        attribute_head=attribute_head,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     save_loadable(trainer, processor, training_args.output_dir, model_args.model_name_or_path)

@@ -106,6 +106,15 @@ class Moon3ContrastiveConfig(TrainingArguments):
         reasoning_noise (`float`): in that term, the chance that each field value of a reasoning target is swapped
             for another row's value of the same field, as the model's own reasoning is sometimes wrong.
         embedding_chunk_size (`int`): sequences per forward in gradient caching (0 = all at once, no caching).
+
+    > Parameters that control the photo attribute head
+
+        photo_attribute_weight (`float`): weight of a cross-entropy loss from a linear head that reads each photo's
+            visual tokens, as they enter the language model (mean over the image), and predicts its product's
+            `photo_attribute_fields`; it gives the vision tower and projector a direct signal to read the attributes
+            from a photo. The head is used in training only and is not saved. 0 = off.
+        photo_attribute_fields (`list[str]`): the product attributes the head predicts.
+
         stop_on_nonfinite_loss (`bool`): stop with an error naming the step and the term when a loss is NaN/inf.
     """
 
@@ -143,6 +152,18 @@ class Moon3ContrastiveConfig(TrainingArguments):
             "(0 = all sequences in one forward, no caching)."
         },
     )
+    photo_attribute_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the photo attribute loss: a linear head on each photo's visual tokens (their mean as "
+            "they enter the language model) predicts its product's photo_attribute_fields; training only, not saved "
+            "(0 = off)."
+        },
+    )
+    photo_attribute_fields: list[str] = field(
+        default_factory=lambda: ["articleType", "baseColour", "gender", "season", "usage"],
+        metadata={"help": "Product attributes the photo attribute head predicts (with photo_attribute_weight > 0)."},
+    )
     stop_on_nonfinite_loss: bool = field(
         default=True, metadata={"help": "Stop with an error naming the step and the term when a loss is NaN or inf."}
     )
@@ -158,6 +179,16 @@ class Moon3ContrastiveConfig(TrainingArguments):
             raise ValueError(f"reasoned_contrastive_weight must be >= 0, got {self.reasoned_contrastive_weight}.")
         if not 0.0 <= self.reasoning_noise <= 1.0:
             raise ValueError(f"reasoning_noise is a probability in [0, 1], got {self.reasoning_noise}.")
+        if self.photo_attribute_weight < 0:
+            raise ValueError(f"photo_attribute_weight must be >= 0, got {self.photo_attribute_weight}.")
+        if self.photo_attribute_weight > 0 and not self.photo_attribute_fields:
+            raise ValueError("photo_attribute_weight > 0 needs at least one photo_attribute_fields entry.")
+        if self.photo_attribute_weight > 0 and self.resume_from_checkpoint:
+            raise ValueError(
+                "resume_from_checkpoint is not supported with photo_attribute_weight > 0: the photo attribute head "
+                "is not saved in checkpoints, so a resumed run would restart it from zero. Train without resuming, "
+                "or set photo_attribute_weight 0."
+            )
         if self.sft_weight < 0 or self.embedding_chunk_size < 0 or self.num_hard_negatives < 0:
             raise ValueError(
                 f"sft_weight ({self.sft_weight}), embedding_chunk_size ({self.embedding_chunk_size}) and "

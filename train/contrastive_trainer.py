@@ -24,8 +24,17 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from train.checkpointing import CheckpointMixin
 from train.distributed import backward_deferring_sync, is_deepspeed_engine, max_across_processes
 from train.losses import Moon3InfoNCELoss, in_batch_accuracy
+from train.photo_attributes import PhotoAttributeHead, mean_image_features
 
 logger = logging.getLogger(__name__)
+
+# Keys of a collated chunk that are targets, not model inputs.
+TARGET_KEYS = frozenset({"labels", "attribute_labels"})
+
+
+def model_inputs_of(chunk) -> dict:
+    """A collated chunk without its targets (`labels`, `attribute_labels`): what the model's forward takes."""
+    return {key: value for key, value in chunk.items() if key not in TARGET_KEYS}
 
 
 def check_finite(value: torch.Tensor, term: str, step: int) -> None:
@@ -63,18 +72,57 @@ def reasoned_split(embeddings: torch.Tensor, num_queries: int, doc_keys: torch.T
 
 class Moon3ContrastiveTrainer(CheckpointMixin, Trainer):
     """Trainer for stage 1: `loss = InfoNCE(queries, products) + sft_weight * SFT(reasoning targets)`, plus
-    `reasoned_contrastive_weight * InfoNCE(queries after their reasoning, products)` when that weight is > 0.
+    `reasoned_contrastive_weight * InfoNCE(queries after their reasoning, products)` when that weight is > 0, plus
+    `photo_attribute_weight * CE(photo attribute head)` when that weight is > 0 (`train.photo_attributes`).
 
     Args:
         loss_fn (`Moon3InfoNCELoss`): the contrastive loss.
+        attribute_head (`PhotoAttributeHead`, *optional*): the photo attribute head, required when
+            `args.photo_attribute_weight > 0`; its fields are the collator's `attribute_classes`, in order. It is
+            trained by the same optimizer (its own parameter group) and is not saved.
         *args, **kwargs: as for `transformers.Trainer`; `args` is a `Moon3ContrastiveConfig` and `data_collator` a
             `Moon3PairCollator` (chunked with `args.embedding_chunk_size`).
     """
 
-    def __init__(self, *args, loss_fn: Moon3InfoNCELoss, **kwargs):
+    def __init__(self, *args, loss_fn: Moon3InfoNCELoss, attribute_head: PhotoAttributeHead | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_fn = loss_fn
         self._moon3_metrics = defaultdict(list)
+        self.attribute_head = self._check_attribute_head(attribute_head)
+
+    def _check_attribute_head(self, head: PhotoAttributeHead | None) -> PhotoAttributeHead | None:
+        if self.args.photo_attribute_weight <= 0:
+            return None
+        if head is None:
+            raise ValueError("photo_attribute_weight > 0 needs attribute_head=PhotoAttributeHead(...).")
+        if self.args.world_size > 1 or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise ValueError(
+                "photo_attribute_weight > 0 runs on one process only (the head is outside the model, so DDP, DeepSpeed "
+                "and FSDP would not reduce its gradients); it was measured on one CPU process (docs/reasoning.md). "
+                "Launch one process or set photo_attribute_weight 0."
+            )
+        model = self.accelerator.unwrap_model(self.model)
+        if getattr(model, "fusion", None) is None and getattr(model, "fire", None) is None:
+            raise ValueError(
+                "photo_attribute_weight > 0 reads the visual tokens from the raw signals, which the model computes "
+                "only with the fusion or FIRE module on (use_fusion / use_fire in its config)."
+            )
+        return head.to(self.args.device)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.attribute_head is not None and not any(
+            group.get("moon3_attribute_head") for group in optimizer.param_groups
+        ):
+            # Same learning rate, schedule and weight decay as the model; added before the scheduler is built.
+            optimizer.add_param_group(
+                {
+                    "params": list(self.attribute_head.parameters()),
+                    "weight_decay": self.args.weight_decay,
+                    "moon3_attribute_head": True,
+                }
+            )
+        return optimizer
 
     def contrastive_loss(self, embeddings, num_queries, doc_keys, reasoned_rows) -> torch.Tensor:
         """InfoNCE of the direct-mode queries, plus the weighted reasoned term (see `reasoned_split`)."""
@@ -116,15 +164,18 @@ class Moon3ContrastiveTrainer(CheckpointMixin, Trainer):
         cached_grad = cached.grad * scale  # (B + N, E)
 
         total_label_tokens = sum(int((chunk["labels"] != -100).sum()) for chunk in chunks)
+        total_attribute_labels = self._attribute_label_count(chunks)
         sft_total = torch.zeros((), device=cached.device)
+        attribute_total = torch.zeros((), device=cached.device)
         start = 0
         for index, chunk in enumerate(chunks + padding):
             if index < len(chunks):
                 size = chunk["input_ids"].shape[0]
-                surrogate, sft_part = self._chunk_surrogate(
-                    model, chunk, cached_grad[start : start + size], total_label_tokens
+                surrogate, sft_part, attribute_part = self._chunk_surrogate(
+                    model, chunk, cached_grad[start : start + size], total_label_tokens, total_attribute_labels
                 )
                 sft_total, start = sft_total + sft_part, start + size
+                attribute_total = attribute_total + attribute_part
             else:
                 embeddings, sft = self._forward_chunk(model, chunk)
                 surrogate = 0.0 * (embeddings.sum() + sft)  # same forward and backward, no gradient
@@ -134,18 +185,24 @@ class Moon3ContrastiveTrainer(CheckpointMixin, Trainer):
                 backward_deferring_sync(model, surrogate, self.accelerator.backward)
         if self.args.stop_on_nonfinite_loss:
             check_finite(sft_total, "SFT (reasoning targets)", step)
+            check_finite(attribute_total, "photo attribute", step)
         self._record_step(contrastive.item(), sft_total.item(), cached, num_queries, doc_keys)
-        return (contrastive.detach() + self.args.sft_weight * sft_total) * scale
+        self._record_attribute_loss(attribute_total)
+        total = contrastive.detach() + self.args.sft_weight * sft_total
+        return (total + self.args.photo_attribute_weight * attribute_total) * scale
 
     def _one_pass_step(self, model, chunk, num_queries, doc_keys, reasoned_rows, step, scale) -> torch.Tensor:
         """Without gradient caching (one chunk), one forward with gradient gives the same gradient as the cached path
         and saves its no-gradient pass."""
-        embeddings, sft = self._forward_chunk(model, chunk)  # (B + N + S + R, E), scalar
+        embeddings, sft, attributes = self._forward_chunk_terms(model, chunk)  # (B + N + S + R, E), scalar, scalar
         contrastive = self.contrastive_loss(embeddings, num_queries, doc_keys, reasoned_rows)
+        attributes = attributes / max(1, self._attribute_label_count([chunk]))
         if self.args.stop_on_nonfinite_loss:
             check_finite(contrastive.detach(), "contrastive (InfoNCE)", step)
             check_finite(sft.detach(), "SFT (reasoning targets)", step)
-        loss = contrastive + self.args.sft_weight * sft
+            check_finite(attributes.detach(), "photo attribute", step)
+        loss = contrastive + self.args.sft_weight * sft + self.args.photo_attribute_weight * attributes
+        self._record_attribute_loss(attributes)
         self.accelerator.backward(loss * scale, **self._backward_kwargs(model))
         self._record_step(contrastive.item(), sft.item(), embeddings.detach(), num_queries, doc_keys)
         return loss.detach() * scale
@@ -158,37 +215,74 @@ class Moon3ContrastiveTrainer(CheckpointMixin, Trainer):
             in_batch_accuracy(*split_embeddings(embeddings, num_queries, doc_keys), doc_keys),
         )
 
-    def _chunk_surrogate(self, model, chunk, embedding_grad, total_label_tokens):
-        """One chunk's forward with gradient: `<embeddings, cached grad> + sft_weight * its share of the SFT loss`."""
+    def _chunk_surrogate(self, model, chunk, embedding_grad, total_label_tokens, total_attribute_labels=0):
+        """One chunk's forward with gradient: `<embeddings, cached grad> + sft_weight * its share of the SFT loss
+        + photo_attribute_weight * its share of the photo attribute loss`."""
         num_labels = int((chunk["labels"] != -100).sum())
-        embeddings, sft = self._forward_chunk(model, chunk)
+        embeddings, sft, attributes = self._forward_chunk_terms(model, chunk)
         surrogate = (embeddings * embedding_grad).sum()
         sft_part = sft * (num_labels / max(1, total_label_tokens))  # token-weighted share of the batch mean
-        surrogate = surrogate + self.args.sft_weight * sft_part / self.current_gradient_accumulation_steps
-        return surrogate, sft_part.detach()
+        attribute_part = attributes / max(1, total_attribute_labels)  # this chunk's share of the batch mean
+        weighted = self.args.sft_weight * sft_part + self.args.photo_attribute_weight * attribute_part
+        surrogate = surrogate + weighted / self.current_gradient_accumulation_steps
+        return surrogate, sft_part.detach(), attribute_part.detach()
 
     def _forward_chunk(self, model, chunk) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings at `<emb>` (Tensor[B, E]) and the mean SFT loss over the chunk's labelled tokens (0 if none).
+        """Embeddings at `<emb>` (Tensor[B, E]) and the mean SFT loss over the chunk's labelled tokens (0 if none)."""
+        embeddings, sft, _ = self._forward_chunk_terms(model, chunk)
+        return embeddings, sft
+
+    def _forward_chunk_terms(self, model, chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_forward_chunk`'s embeddings and SFT loss, and the photo attribute head's summed cross-entropy over the
+        chunk's labelled (photo, field) pairs (0 without the head).
 
         Only positions that predict a labelled token need logits. Rows are left-padded and every reasoning target
         ends the sequence, so the last `keep` positions hold them all: the LM head runs over `keep` positions
         instead of all L (most of a stage-1 step's cost at a small hidden size), with the same loss."""
         labels = chunk["labels"]
         labelled = labels != -100  # (B, L)
-        model_inputs = {key: value for key, value in chunk.items() if key != "labels"}
+        model_inputs = model_inputs_of(chunk)
         if self.args.sft_weight <= 0:
             outputs = model(**model_inputs, return_embeddings=True)
-            return outputs.embeddings, torch.zeros((), device=labels.device)
-        if not bool(labelled.any()):
+            sft = torch.zeros((), device=labels.device)
+        elif not bool(labelled.any()):
             # The LM head still runs (one position, weight 0): a chunk without SFT rows on one process must call the
             # same modules as the others (ZeRO-3 gathers each module's parameters collectively).
             outputs = model(**model_inputs, logits_to_keep=1, return_embeddings=True)
-            return outputs.embeddings, 0.0 * outputs.logits.float().sum()
-        first = int(labelled.any(dim=0).nonzero()[0])
-        keep = labels.shape[1] - first + 1
-        outputs = model(**model_inputs, logits_to_keep=keep, return_embeddings=True)
-        sft = ForCausalLMLoss(outputs.logits, labels[:, -keep:], vocab_size=outputs.logits.shape[-1])
-        return outputs.embeddings, sft
+            sft = 0.0 * outputs.logits.float().sum()
+        else:
+            first = int(labelled.any(dim=0).nonzero()[0])
+            keep = labels.shape[1] - first + 1
+            outputs = model(**model_inputs, logits_to_keep=keep, return_embeddings=True)
+            sft = ForCausalLMLoss(outputs.logits, labels[:, -keep:], vocab_size=outputs.logits.shape[-1])
+        return outputs.embeddings, sft, self._attribute_loss_sum(outputs, chunk)
+
+    def _attribute_loss_sum(self, outputs, chunk) -> torch.Tensor:
+        """Summed cross-entropy of the photo attribute head over the chunk's labelled (photo, field) pairs."""
+        if self.attribute_head is None:
+            return torch.zeros((), device=outputs.embeddings.device)
+        if "attribute_labels" not in chunk:
+            raise ValueError(
+                "photo_attribute_weight > 0 but the batch has no attribute_labels: build the collator with "
+                "Moon3PairCollator(..., attribute_classes=train.data.attribute_classes(rows, fields))."
+            )
+        signals = outputs.raw_signals
+        pooled = mean_image_features(signals.features, signals.image_mask)  # (B, D)
+        labels = chunk["attribute_labels"]  # (B, F)
+        loss_sum, count, correct = self.attribute_head.loss_terms(pooled, labels)
+        per_field = (labels != -100).sum(dim=0)  # (F,)
+        for name, right, seen in zip(self.attribute_head.fields, correct.tolist(), per_field.tolist(), strict=True):
+            if seen:
+                self._record(f"photo_attributes/accuracy_{name}", right / seen)
+        return loss_sum
+
+    @staticmethod
+    def _attribute_label_count(chunks) -> int:
+        return sum(int((chunk["attribute_labels"] != -100).sum()) for chunk in chunks if "attribute_labels" in chunk)
+
+    def _record_attribute_loss(self, value: torch.Tensor) -> None:
+        if self.attribute_head is not None:
+            self._record("photo_attributes/loss", float(value.detach()))
 
     @torch.no_grad()
     def _embed_without_grad(self, chunks, padding=()) -> torch.Tensor:
@@ -197,8 +291,7 @@ class Moon3ContrastiveTrainer(CheckpointMixin, Trainer):
         module = self.accelerator.unwrap_model(self.model_wrapped)
         embeddings = []
         for chunk in [*chunks, *padding]:
-            model_inputs = {key: value for key, value in chunk.items() if key != "labels"}
-            embeddings.append(module(**model_inputs, return_embeddings=True).embeddings)
+            embeddings.append(module(**model_inputs_of(chunk), return_embeddings=True).embeddings)
         return torch.cat(embeddings[: len(chunks)]).detach()  # (B + N, E)
 
     @staticmethod

@@ -534,6 +534,12 @@ class Moon3PairCollator:
     is, instead of copying the answer. The swaps are drawn from `seed` and the batch's product keys: the same batch
     gets the same swaps on every run and after a resume.
 
+    With `attribute_classes` ({field: [value, ...]}), each chunk also holds `attribute_labels` (Tensor[n, F] int64,
+    F = len(attribute_classes)): for each of the B queries and N documents that holds an image, the index of its
+    product's value of each field (a query's product is its positive); -100 where the sequence has no image or the
+    product lacks the field, and on every SFT and reasoned sequence. They train the photo attribute head
+    (`Moon3ContrastiveConfig.photo_attribute_weight`).
+
     Returns a dict: `chunks` (list of processor outputs, each with `labels`), `num_queries` (B), `doc_keys`
     (Tensor[N] int64 product keys, N = B * (1 + num_hard_negatives)) and `reasoned_rows` (Tensor[R] int64: the row
     of each reasoned query, in order; empty without `reasoned_queries`). The R reasoned queries are the last R
@@ -548,6 +554,7 @@ class Moon3PairCollator:
         reasoned_queries: bool = False,
         reasoning_noise: float = 0.0,
         seed: int = 0,
+        attribute_classes: Mapping[str, list[str]] | None = None,
     ):
         if not 0.0 <= reasoning_noise <= 1.0:
             raise ValueError(f"reasoning_noise is a probability in [0, 1], got {reasoning_noise}.")
@@ -557,6 +564,10 @@ class Moon3PairCollator:
         self.reasoned_queries = reasoned_queries
         self.reasoning_noise = reasoning_noise
         self.seed = seed
+        self.attribute_index = {
+            name: {value: index for index, value in enumerate(values)}
+            for name, values in (attribute_classes or {}).items()
+        }
         tokenizer = processor.tokenizer
         self.think_token_id = tokenizer.convert_tokens_to_ids(MOON3_TOKENS["think"])
         self.closing_text = MOON3_TOKENS["think_end"] + MOON3_TOKENS["emb"]
@@ -591,12 +602,30 @@ class Moon3PairCollator:
             ]
         size = self.chunk_size or len(sequences)
         chunks = [self._encode(sequences[start : start + size]) for start in range(0, len(sequences), size)]
+        if self.attribute_index:
+            sources = [clean_item(row["positive"]) if _query_images(query_item(row["query"])) else None for row in rows]
+            sources += [doc if doc.get("images") or doc.get("image") else None for doc in documents]
+            labels = self._attribute_labels(sources + [None] * (len(sequences) - len(sources)))  # (all sequences, F)
+            for start, chunk in zip(range(0, len(sequences), size), chunks, strict=True):
+                chunk["attribute_labels"] = labels[start : start + size]
         return {
             "chunks": chunks,
             "num_queries": len(rows),
             "doc_keys": doc_keys,
             "reasoned_rows": torch.tensor(reasoned_rows, dtype=torch.long),
         }
+
+    def _attribute_labels(self, products: list[Mapping[str, Any] | None]):
+        """Class indices of each sequence's product (Tensor[n, F] int64): -100 for None, a missing field or a value
+        outside the classes."""
+        import torch
+
+        labels = torch.full((len(products), len(self.attribute_index)), -100, dtype=torch.long)
+        for row, product in enumerate(products):
+            attributes = (product or {}).get("attributes") or {}
+            for column, (name, index) in enumerate(self.attribute_index.items()):
+                labels[row, column] = index.get(str(attributes.get(name, "")).strip(), -100)
+        return labels
 
     def _encode(self, sequences):
         import torch
@@ -617,6 +646,34 @@ class Moon3PairCollator:
         labelled = (positions > think_at) & is_labelled & batch["attention_mask"].bool()
         batch["labels"] = input_ids.masked_fill(~labelled, -100)
         return batch
+
+
+def attribute_classes(rows: Iterable[Mapping[str, Any]], fields: Iterable[str]) -> dict[str, list[str]]:
+    """The values each attribute `field` takes over the rows' products (positives and negatives), sorted.
+
+    Raises `ValueError` naming the fields no product has.
+
+    >>> attribute_classes([{"positive": {"attributes": {"usage": "Sports"}}}], ["usage"])
+    {'usage': ['Sports']}
+    """
+    fields = list(fields)
+    values = {name: set() for name in fields}
+    for row in rows:
+        row = _decode_stored(row)
+        for product in [row.get("positive"), *(row.get("negatives") or [])]:
+            attributes = clean_item(product).get("attributes") if isinstance(product, Mapping) else None
+            for name in fields:
+                value = str((attributes or {}).get(name, "")).strip()
+                if value:
+                    values[name].add(value)
+    missing = [name for name in fields if not values[name]]
+    if missing:
+        raise ValueError(
+            f"photo_attribute_fields {missing}: no training product has them in its attributes. Name fields the "
+            "products have (the fashion data: articleType baseColour gender season usage) or set "
+            "photo_attribute_weight 0."
+        )
+    return {name: sorted(values[name]) for name in fields}
 
 
 def hash_ints(values: Iterable[int]) -> int:
