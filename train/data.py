@@ -603,7 +603,9 @@ class Moon3PairCollator:
         size = self.chunk_size or len(sequences)
         chunks = [self._encode(sequences[start : start + size]) for start in range(0, len(sequences), size)]
         if self.attribute_index:
-            sources = [clean_item(row["positive"]) if _query_images(query_item(row["query"])) else None for row in rows]
+            sources = [
+                clean_item(row["positive"]) if _query_images(query_item(row["query"])) else None for row in rows
+            ]
             sources += [doc if doc.get("images") or doc.get("image") else None for doc in documents]
             labels = self._attribute_labels(sources + [None] * (len(sequences) - len(sources)))  # (all sequences, F)
             for start, chunk in zip(range(0, len(sequences), size), chunks, strict=True):

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import build_tiny
 from tests.train.test_grpo_images_and_kl import image_rows
-from tests.train.test_training import perturb_zero_init
+from tests.train.test_training import perturb_zero_init, stage1_trainer
 from train.data import Moon3PairCollator, attribute_classes
 from train.photo_attributes import PhotoAttributeHead, mean_image_features
 
@@ -18,7 +18,10 @@ FIELDS = ["articleType", "baseColour", "gender"]
 
 def test_attribute_classes_collects_sorted_values_of_positives_and_negatives_and_names_missing_fields():
     rows = [
-        {"positive": {"attributes": {"usage": "Sports", "gender": "Men"}}, "negatives": [{"attributes": {"usage": "Casual"}}]},
+        {
+            "positive": {"attributes": {"usage": "Sports", "gender": "Men"}},
+            "negatives": [{"attributes": {"usage": "Casual"}}],
+        },
         {"positive": {"attributes": '{"usage": "Formal"}'}},  # as Arrow stores it: JSON text
     ]
     assert attribute_classes(rows, ["usage", "gender"]) == {"usage": ["Casual", "Formal", "Sports"], "gender": ["Men"]}
@@ -77,34 +80,9 @@ def test_mean_image_features_averages_only_image_positions():
 
 
 def attribute_trainer(model, processor, rows, tmp_path, **overrides):
-    """A stage-1 trainer over `rows` with the photo attribute head over FIELDS (when the weight is > 0)."""
-    from datasets import Dataset
-
-    from train.config import Moon3ContrastiveConfig
-    from train.contrastive_trainer import Moon3ContrastiveTrainer
-    from train.losses import Moon3InfoNCELoss
-
-    settings = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=len(rows),
-        learning_rate=3e-3,
-        lr_scheduler_type="constant",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-    )
-    args = Moon3ContrastiveConfig(**{**settings, **overrides})
-    classes = attribute_classes(rows, FIELDS)
-    return Moon3ContrastiveTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        data_collator=Moon3PairCollator(processor, args.embedding_chunk_size, attribute_classes=classes),
-        processing_class=processor,
-        loss_fn=Moon3InfoNCELoss(temperature=0.1, matryoshka_dims=[8, 16, 32], gather_across_devices=False),
-        attribute_head=PhotoAttributeHead(model.config.vlm_config.text_config.hidden_size, classes),
+    """A stage-1 trainer over `rows` with the photo attribute head over FIELDS (used when the weight is > 0)."""
+    return stage1_trainer(
+        model, processor, rows, tmp_path, attribute_classes=attribute_classes(rows, FIELDS), **overrides
     )
 
 
@@ -112,7 +90,9 @@ def vision_gradient(trainer, rows) -> torch.Tensor:
     trainer.current_gradient_accumulation_steps = 1
     trainer.model.zero_grad()
     trainer.training_step(trainer.model, trainer.data_collator(rows))
-    return torch.cat([p.grad.flatten() for p in trainer.model.backbone.model.visual.parameters() if p.grad is not None])
+    return torch.cat(
+        [p.grad.flatten() for p in trainer.model.backbone.model.visual.parameters() if p.grad is not None]
+    )
 
 
 def test_head_loss_reaches_the_vision_tower_and_is_grad_cached_exactly(tiny_tokenizer, tmp_path):

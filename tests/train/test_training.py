@@ -20,12 +20,15 @@ def retrieval_accuracy(model, processor, rows) -> float:
     return ((queries @ docs.T).argmax(dim=1) == torch.arange(len(rows))).float().mean().item()
 
 
-def stage1_trainer(model, processor, rows, tmp_path, **overrides):
+def stage1_trainer(model, processor, rows, tmp_path, attribute_classes=None, **overrides):
+    """A stage-1 trainer over `rows`; with `attribute_classes`, the collator labels photos and the trainer gets a
+    photo attribute head over them."""
     from datasets import Dataset
 
     from train.config import Moon3ContrastiveConfig
     from train.contrastive_trainer import Moon3ContrastiveTrainer
     from train.losses import Moon3InfoNCELoss
+    from train.photo_attributes import PhotoAttributeHead
 
     settings = dict(
         output_dir=str(tmp_path),
@@ -49,9 +52,15 @@ def stage1_trainer(model, processor, rows, tmp_path, **overrides):
             args.embedding_chunk_size,
             reasoned_queries=args.reasoned_contrastive_weight > 0,
             reasoning_noise=args.reasoning_noise,
+            attribute_classes=attribute_classes,
         ),
         processing_class=processor,
         loss_fn=Moon3InfoNCELoss(temperature=0.1, matryoshka_dims=[8, 16, 32], gather_across_devices=False),
+        attribute_head=(
+            PhotoAttributeHead(model.config.vlm_config.text_config.hidden_size, attribute_classes)
+            if attribute_classes
+            else None
+        ),
     )
 
 
