@@ -34,7 +34,7 @@ DEFAULT_FUSION = "convex"
 DEFAULT_NORMALISATION = "minmax"
 # (vector weight, BM25 weight) per fusion. convex: vector weight CHOSEN_VECTOR_WEIGHT, picked on the fashion val
 # split (docs/catalog.md, "Measured on the fashion splits"); rrf: 1 and 1 as in the paper.
-CHOSEN_VECTOR_WEIGHT = 0.3
+CHOSEN_VECTOR_WEIGHT = 0.1
 DEFAULT_WEIGHTS = {"convex": (CHOSEN_VECTOR_WEIGHT, 1.0 - CHOSEN_VECTOR_WEIGHT), "rrf": (1.0, 1.0)}
 
 

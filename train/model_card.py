@@ -164,7 +164,9 @@ and on Abt-Buy (electronics, text only; Köpcke, Thor and Rahm 2010): nDCG@10 fo
   chance; do not use it as a production retrieval model.
 - Its tokenizer and training data are an English fashion catalogue: other domains (Abt-Buy electronics) and
   languages are weak.
-- Its generated reasoning is often malformed, and reason mode scores below direct mode on most tasks.
+- Its greedy reasoning is well formed and, from a title or a product record, names the attributes mostly right; from a
+  photo alone it names the article type right for about 40 % of items. Reason mode scores below direct mode on most
+  tasks.
 - Loading needs `trust_remote_code=True` (transformers >= 5.24, < 6; sentence-transformers >= 6.2, < 7).
 
 ## Citation

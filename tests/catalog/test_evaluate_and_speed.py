@@ -79,7 +79,7 @@ def test_evaluate_end_to_end_matches_benchmarks_and_sweeps_the_fusion(tmp_path, 
     assert t2p["catalog bm25 random tie orders"]["orders"] == 3
     # convex fusion with all weight on the vector side ranks the candidate union by cosine: vector search's top 10
     assert t2p["catalog hybrid convex minmax w=1 c=100"] == pytest.approx(t2p["catalog vector"])
-    assert {"catalog hybrid (default: convex minmax w=0.3 c=100)", "catalog hybrid rrf w=1 c=5"} <= t2p.keys()
+    assert {"catalog hybrid (default: convex minmax w=0.1 c=100)", "catalog hybrid rrf w=1 c=5"} <= t2p.keys()
     assert "catalog bm25" not in i2p and "catalog hybrid rrf w=1 c=5" not in i2p  # photo queries: no words
     printed = capsys.readouterr().out
     assert "| text2product | catalog bm25 | 1.000 |" in printed and "best hybrid nDCG@10 on text2product:" in printed
